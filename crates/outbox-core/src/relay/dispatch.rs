@@ -1,0 +1,267 @@
+//! One term of leadership: claim, publish, record, repeat.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::retry_delay;
+use crate::{
+    Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, Leadership, RelayConfig,
+    Store,
+};
+
+/// Why a term ended.
+#[derive(Debug)]
+pub(crate) enum TermEnd {
+    /// Shutdown was requested; acknowledgements in flight were waited for and recorded.
+    Shutdown,
+    /// The elector reported the loss of leadership.
+    Lost,
+    /// The store failed; the relay resigns and campaigns again.
+    Failed(Error),
+}
+
+type AckFuture = BoxFuture<'static, (Claimed, Result<Ack, Error>)>;
+
+/// The relay's working memory during one term.
+pub(crate) struct Dispatcher<'a, S, B> {
+    store: &'a S,
+    broker: &'a B,
+    config: &'a RelayConfig,
+    /// Claimed and not yet recorded as completed or failed: never claimed again this term.
+    held: HashSet<i64>,
+    /// A key is present while one of its messages is in flight; the queue holds the messages
+    /// of that key waiting for it, in `seq` order.
+    keys: HashMap<String, VecDeque<Claimed>>,
+    in_flight: FuturesUnordered<AckFuture>,
+    acked: Vec<i64>,
+    failed: Vec<Failure>,
+    draining: bool,
+}
+
+impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
+    pub(crate) fn new(store: &'a S, broker: &'a B, config: &'a RelayConfig) -> Self {
+        Self {
+            store,
+            broker,
+            config,
+            held: HashSet::new(),
+            keys: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            acked: Vec::new(),
+            failed: Vec::new(),
+            draining: false,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        leadership: &Leadership,
+        shutdown: &CancellationToken,
+    ) -> TermEnd {
+        let mut exclude = Vec::new();
+        loop {
+            if let Err(error) = self.settle().await {
+                return TermEnd::Failed(error);
+            }
+            if leadership.is_lost() {
+                return TermEnd::Lost;
+            }
+            if shutdown.is_cancelled() {
+                return self.drain().await;
+            }
+
+            let room = self.config.max_in_flight.saturating_sub(self.held.len());
+            let mut more_waiting = false;
+            if room > 0 {
+                let limit = room.min(self.config.batch_size);
+                exclude.clear();
+                exclude.extend(self.held.iter().copied());
+                let claimed = tokio::select! {
+                    biased;
+                    () = leadership.lost() => return TermEnd::Lost,
+                    claimed = self.store.claim(ClaimRequest::new(limit, &exclude)) => claimed,
+                };
+                let batch = match claimed {
+                    Ok(batch) => batch,
+                    Err(error) => return TermEnd::Failed(error),
+                };
+                tracing::trace!(claimed = batch.len(), "claimed batch");
+                more_waiting = batch.len() == limit;
+                for claimed in batch {
+                    self.dispatch(claimed).await;
+                }
+            }
+
+            let has_room = self.held.len() < self.config.max_in_flight;
+            if more_waiting && has_room {
+                self.collect_ready().await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {}
+                () = leadership.lost() => {}
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.on_ack(done).await;
+                }
+                () = self.store.wait_for_work(self.config.poll_interval), if has_room => {}
+            }
+            self.collect_ready().await;
+        }
+    }
+
+    /// Records acknowledged and failed messages in the store.
+    async fn settle(&mut self) -> Result<(), Error> {
+        if !self.acked.is_empty() {
+            self.store.complete(&self.acked).await?;
+            for seq in self.acked.drain(..) {
+                self.held.remove(&seq);
+            }
+        }
+        if !self.failed.is_empty() {
+            let dead = self
+                .failed
+                .iter()
+                .filter(|f| f.action == FailureAction::DeadLetter)
+                .count();
+            tracing::warn!(
+                failed = self.failed.len(),
+                dead_lettered = dead,
+                first_error = %self.failed[0].error,
+                "publishes failed"
+            );
+            self.store.fail(&self.failed).await?;
+            for failure in self.failed.drain(..) {
+                self.held.remove(&failure.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a claimed message: publishes it, or queues it behind its key's message in flight.
+    async fn dispatch(&mut self, claimed: Claimed) {
+        self.held.insert(claimed.seq);
+        match claimed.message.key() {
+            Some(key) => match self.keys.get_mut(key) {
+                Some(waiting) => waiting.push_back(claimed),
+                None => {
+                    self.keys.insert(key.to_owned(), VecDeque::new());
+                    self.publish(claimed).await;
+                }
+            },
+            None => self.publish(claimed).await,
+        }
+    }
+
+    async fn publish(&mut self, claimed: Claimed) {
+        match self.broker.publish(&claimed.message).await {
+            Ok(pending) => self
+                .in_flight
+                .push(async move { (claimed, pending.await) }.boxed()),
+            Err(error) => self.fail(claimed, error),
+        }
+    }
+
+    async fn on_ack(&mut self, (claimed, result): (Claimed, Result<Ack, Error>)) {
+        match result {
+            Ok(ack) => {
+                if ack.duplicate {
+                    tracing::debug!(id = %claimed.message.id(), "broker dropped a duplicate");
+                }
+                self.acked.push(claimed.seq);
+                if let Some(key) = claimed.message.key() {
+                    self.advance(key).await;
+                }
+            }
+            Err(error) => self.fail(claimed, error),
+        }
+    }
+
+    /// Publishes the next waiting message of `key`, or frees the key.
+    async fn advance(&mut self, key: &str) {
+        let next = if self.draining {
+            None
+        } else {
+            self.keys.get_mut(key).and_then(VecDeque::pop_front)
+        };
+        match next {
+            Some(next) => self.publish(next).await,
+            None => self.release(key),
+        }
+    }
+
+    /// Frees `key` and forgets its waiting messages; they are claimed again later, after
+    /// whatever blocked them was recorded in the store.
+    fn release(&mut self, key: &str) {
+        if let Some(waiting) = self.keys.remove(key) {
+            for claimed in waiting {
+                self.held.remove(&claimed.seq);
+            }
+        }
+    }
+
+    fn fail(&mut self, claimed: Claimed, error: Error) {
+        let attempts = claimed.attempts.saturating_add(1);
+        let action = if error.is_retryable() && attempts < self.config.max_attempts {
+            FailureAction::Retry {
+                after: retry_delay(
+                    self.config.retry_base,
+                    self.config.retry_max,
+                    claimed.attempts,
+                ),
+            }
+        } else {
+            FailureAction::DeadLetter
+        };
+        if let Some(key) = claimed.message.key() {
+            self.release(key);
+        }
+        self.failed.push(Failure {
+            seq: claimed.seq,
+            error: error.to_string(),
+            action,
+        });
+    }
+
+    /// Handles every acknowledgement that already arrived, without waiting.
+    async fn collect_ready(&mut self) {
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            self.on_ack(done).await;
+        }
+    }
+
+    /// Stops publishing, waits for acknowledgements in flight (bounded), records them.
+    async fn drain(mut self) -> TermEnd {
+        self.draining = true;
+        let waiting: Vec<String> = self.keys.keys().cloned().collect();
+        for key in waiting {
+            if let Some(queue) = self.keys.get_mut(&key) {
+                for claimed in queue.drain(..) {
+                    self.held.remove(&claimed.seq);
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
+                Ok(Some(done)) => self.on_ack(done).await,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.in_flight.len(),
+                        "shutdown grace elapsed; unacknowledged messages will be published again"
+                    );
+                    break;
+                }
+            }
+        }
+        if let Err(error) = self.settle().await {
+            tracing::warn!(%error, "could not record the last acknowledgements; they will be published again");
+        }
+        TermEnd::Shutdown
+    }
+}
