@@ -69,7 +69,10 @@ impl Message {
     }
 
     /// A message whose payload is `value` encoded as JSON, with `Content-Type: application/json`.
-    pub fn json<T: Serialize + ?Sized>(subject: impl Into<String>, value: &T) -> Result<Self, Error> {
+    pub fn json<T: Serialize + ?Sized>(
+        subject: impl Into<String>,
+        value: &T,
+    ) -> Result<Self, Error> {
         Self::builder(subject).json(value)?.build()
     }
 
@@ -286,8 +289,18 @@ mod tests {
         assert!(Message::builder("a").header("", "v").build().is_err());
         assert!(Message::builder("a").header("a:b", "v").build().is_err());
         assert!(Message::builder("a").header("a b", "v").build().is_err());
-        assert!(Message::builder("a").header("x", "v\r\nEvil: 1").build().is_err());
-        assert!(Message::builder("orders.*").header("X-Ok", "fine value").build().is_ok());
+        assert!(
+            Message::builder("a")
+                .header("x", "v\r\nEvil: 1")
+                .build()
+                .is_err()
+        );
+        assert!(
+            Message::builder("orders.*")
+                .header("X-Ok", "fine value")
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

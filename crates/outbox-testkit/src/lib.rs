@@ -1,1 +1,46 @@
-//! placeholder
+//! Fixtures, fakes and conformance suites for code built on the outbox crates.
+//!
+//! | Item | What it gives a test |
+//! |---|---|
+//! | [`TestDatabase`] | a fresh schema name on the PostgreSQL of `DATABASE_URL`, dropped afterwards |
+//! | [`TestNats`] | a fresh JetStream stream and subject prefix on the NATS of `NATS_URL`, deleted afterwards |
+//! | [`NatsServer`] | a `nats-server` child process on a free port, to kill and restart |
+//! | [`FaultyBroker`] | wraps any broker and fails publishes on command |
+//! | [`memory`] | the in-memory store, broker and election of `outbox-core` |
+//! | [`store_suite`] | every behaviour a [`Store`](outbox_core::Store) must have, as one test each |
+//! | [`broker_suite`] | every behaviour a [`Broker`](outbox_core::Broker) must have, as one test each |
+//!
+//! The fixtures read `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and
+//! `NATS_URL` (default `nats://127.0.0.1:4222`). When a service does not answer they panic with a
+//! message that says what to start. With the `containers` feature, [`TestDatabase`] starts
+//! PostgreSQL in a container when `DATABASE_URL` is unset, the default does not answer, and a
+//! Docker engine does.
+//!
+//! # Features
+//!
+//! | Feature | Default | Enables |
+//! |---|---|---|
+//! | `containers` | off | PostgreSQL through testcontainers when no database is reachable |
+#![deny(missing_docs)]
+
+pub mod broker_suite;
+mod database;
+mod faulty;
+mod nats;
+mod received;
+pub mod store_suite;
+
+pub use database::{DEFAULT_DATABASE_URL, TestDatabase};
+pub use faulty::{FaultyBroker, FaultyStore};
+pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats};
+pub use received::Received;
+
+/// The in-memory backend of `outbox-core`, re-exported for tests.
+pub mod memory {
+    pub use outbox_core::memory::*;
+}
+
+/// A short unique name part: 32 lowercase hex digits.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,191 @@
+use std::str::FromStr;
+
+use tokio_postgres::NoTls;
+
+/// The database used when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh, uniquely named schema on the test database, dropped (with everything in it) when
+/// the fixture is dropped.
+///
+/// The schema is not created: the outbox migrations create it, as they would in production.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() {
+/// let db = outbox_testkit::TestDatabase::new().await;
+/// let client = db.connect().await;
+/// client.batch_execute(&format!("CREATE SCHEMA {}", db.schema())).await.unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: String,
+    schema: String,
+    #[cfg(feature = "containers")]
+    _container: Option<
+        testcontainers_modules::testcontainers::ContainerAsync<
+            testcontainers_modules::postgres::Postgres,
+        >,
+    >,
+}
+
+impl TestDatabase {
+    /// Connects to `DATABASE_URL` (or the default) and picks a fresh schema name.
+    ///
+    /// # Panics
+    ///
+    /// When the database does not answer, with a message saying what to start.
+    pub async fn new() -> Self {
+        let configured = std::env::var("DATABASE_URL").ok();
+        let url = configured
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let schema = format!("t_{}", crate::unique_suffix());
+        match try_connect(&url).await {
+            Ok(_) => Self {
+                url,
+                schema,
+                #[cfg(feature = "containers")]
+                _container: None,
+            },
+            Err(error) => {
+                #[cfg(feature = "containers")]
+                if configured.is_none() {
+                    if let Some((container, url)) = start_container().await {
+                        return Self {
+                            url,
+                            schema,
+                            _container: Some(container),
+                        };
+                    }
+                }
+                panic!(
+                    "PostgreSQL at {} does not answer ({error}). Start it (e.g. `make up`, or \
+                     `scripts/services.sh`) or set DATABASE_URL.",
+                    redact(&url)
+                )
+            }
+        }
+    }
+
+    /// The database URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema name for this test: unique, a valid unquoted identifier.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The connection settings.
+    ///
+    /// # Panics
+    ///
+    /// When the URL does not parse.
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        tokio_postgres::Config::from_str(&self.url)
+            .unwrap_or_else(|e| panic!("DATABASE_URL {} is invalid: {e}", redact(&self.url)))
+    }
+
+    /// A new connection; its connection task runs in the background.
+    ///
+    /// # Panics
+    ///
+    /// When the database does not answer.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        try_connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", redact(&self.url)))
+    }
+}
+
+async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+#[cfg(feature = "containers")]
+async fn start_container() -> Option<(
+    testcontainers_modules::testcontainers::ContainerAsync<
+        testcontainers_modules::postgres::Postgres,
+    >,
+    String,
+)> {
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    let container = match testcontainers_modules::postgres::Postgres::default()
+        .start()
+        .await
+    {
+        Ok(container) => container,
+        Err(error) => {
+            eprintln!("no PostgreSQL and no Docker engine for testcontainers: {error}");
+            return None;
+        }
+    };
+    let port = container.get_host_port_ipv4(5432).await.ok()?;
+    let url = format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres");
+    Some((container, url))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    format!("{scheme}://{user}@{host}")
+                }
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        // Drop runs inside the test's runtime, which cannot block on itself: clean up from a
+        // thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("host=h"), "host=h");
+    }
+}
