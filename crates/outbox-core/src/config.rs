@@ -38,9 +38,12 @@ pub struct RelayConfig {
     pub retry_base: Duration,
     /// Longest delay between retries. Default: 60 s.
     pub retry_max: Duration,
-    /// First delay before campaigning again after a store or election error; doubles up to
-    /// `retry_max`. Default: 250 ms.
+    /// First delay before campaigning again after a store or election error, and before
+    /// publishing again while the broker is unavailable; doubles up to `reconnect_max`.
+    /// Default: 250 ms.
     pub reconnect_base: Duration,
+    /// Longest delay between reconnection attempts. Default: 5 s.
+    pub reconnect_max: Duration,
 }
 
 impl Default for RelayConfig {
@@ -54,6 +57,7 @@ impl Default for RelayConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(60),
             reconnect_base: Duration::from_millis(250),
+            reconnect_max: Duration::from_secs(5),
         }
     }
 }
@@ -82,8 +86,8 @@ impl RelayConfig {
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
             return fail("retry_base must be positive and at most retry_max");
         }
-        if self.reconnect_base.is_zero() {
-            return fail("reconnect_base must be positive");
+        if self.reconnect_base.is_zero() || self.reconnect_max < self.reconnect_base {
+            return fail("reconnect_base must be positive and at most reconnect_max");
         }
         Ok(())
     }
@@ -125,6 +129,8 @@ setters! {
     retry_max: Duration;
     /// See [`RelayConfig::reconnect_base`].
     reconnect_base: Duration;
+    /// See [`RelayConfig::reconnect_max`].
+    reconnect_max: Duration;
 }
 
 impl RelayConfigBuilder {
@@ -150,6 +156,7 @@ mod tests {
         assert_eq!(c.retry_base, Duration::from_millis(100));
         assert_eq!(c.retry_max, Duration::from_secs(60));
         assert_eq!(c.reconnect_base, Duration::from_millis(250));
+        assert_eq!(c.reconnect_max, Duration::from_secs(5));
         c.validate().unwrap();
     }
 

@@ -37,6 +37,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The broker cannot be reached at all (connection lost, no responders, timed out). Not the
+    /// message's fault: the relay pauses publishing and backs off without counting an attempt.
+    #[error("broker unavailable: {source}")]
+    Unavailable {
+        /// What the broker client reported.
+        #[source]
+        source: BoxError,
+    },
     /// Leader election failed (for example its database session could not be opened).
     #[error("election error: {source}")]
     Election {
@@ -97,6 +105,18 @@ impl Error {
         }
     }
 
+    /// The broker cannot be reached: publishing pauses, no attempt is counted.
+    pub fn broker_unavailable(source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            source: source.into(),
+        }
+    }
+
+    /// Whether the broker as a whole is unreachable, rather than this message failing.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
     /// An election error.
     pub fn election(source: impl Into<BoxError>) -> Self {
         Self::Election {
@@ -114,7 +134,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store { transient, .. } | Self::Broker { transient, .. } => *transient,
-            Self::Election { .. } | Self::NotLeader => true,
+            Self::Unavailable { .. } | Self::Election { .. } | Self::NotLeader => true,
             Self::InvalidMessage(_) | Self::Config(_) | Self::Json(_) => false,
         }
     }

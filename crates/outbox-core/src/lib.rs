@@ -52,6 +52,7 @@
 //! # fn main() {}
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod broker;
 pub mod config;

@@ -55,7 +55,8 @@ impl<B: Broker> FaultyBroker<B> {
         &self.inner
     }
 
-    /// While `down`, every publish fails with a transient "broker down" error.
+    /// While `down`, every publish fails as if the broker could not be reached
+    /// ([`Error::is_unavailable`]).
     pub fn set_down(&self, down: bool) {
         self.faults.down.store(down, Ordering::SeqCst);
     }
@@ -93,7 +94,7 @@ impl<B: Broker> FaultyBroker<B> {
     fn injected(&self) -> Option<Error> {
         let f = &self.faults;
         if f.down.load(Ordering::SeqCst) {
-            return Some(Error::broker_transient("broker down (injected)"));
+            return Some(Error::broker_unavailable("broker down (injected)"));
         }
         let armed = f
             .fail_next

@@ -7,7 +7,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::retry_delay;
+use super::backoff::{Backoff, retry_delay};
 use crate::{
     Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, Leadership, RelayConfig,
     Store,
@@ -36,10 +36,25 @@ pub(crate) struct Dispatcher<'a, S, B> {
     /// A key is present while one of its messages is in flight; the queue holds the messages
     /// of that key waiting for it, in `seq` order.
     keys: HashMap<String, VecDeque<Claimed>>,
+    /// Keys with a failure not yet recorded in the store: their later messages must not go out
+    /// before the store decided what comes next (retry later, dead letter, or claim again).
+    blocked: HashSet<String>,
     in_flight: FuturesUnordered<AckFuture>,
     acked: Vec<i64>,
     failed: Vec<Failure>,
     draining: bool,
+    health: BrokerHealth,
+    outage: Backoff,
+}
+
+/// Whether the broker answers; publishing pauses while it does not.
+#[derive(Debug)]
+enum BrokerHealth {
+    Up,
+    /// An unavailable error arrived since the last pause: pause before publishing more.
+    Failing(Error),
+    /// Paused at least once; waiting for an acknowledgement to show the broker is back.
+    Down,
 }
 
 impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
@@ -50,10 +65,13 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             config,
             held: HashSet::new(),
             keys: HashMap::new(),
+            blocked: HashSet::new(),
             in_flight: FuturesUnordered::new(),
             acked: Vec::new(),
             failed: Vec::new(),
             draining: false,
+            health: BrokerHealth::Up,
+            outage: Backoff::new(config.reconnect_base, config.reconnect_max),
         }
     }
 
@@ -72,6 +90,18 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             }
             if shutdown.is_cancelled() {
                 return self.drain().await;
+            }
+            if let Some(error) = self.take_outage() {
+                let delay = self.outage.next_delay();
+                tracing::debug!(%error, retry_in = ?delay, "broker still unavailable");
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {}
+                    () = leadership.lost() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+                self.collect_ready().await;
+                continue;
             }
 
             let room = self.config.max_in_flight.saturating_sub(self.held.len());
@@ -114,7 +144,8 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         }
     }
 
-    /// Records acknowledged and failed messages in the store.
+    /// Records acknowledged and failed messages in the store. Afterwards the store's order rules
+    /// hold for every key again, so no key stays blocked in memory.
     async fn settle(&mut self) -> Result<(), Error> {
         if !self.acked.is_empty() {
             self.store.complete(&self.acked).await?;
@@ -139,11 +170,20 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 self.held.remove(&failure.seq);
             }
         }
+        self.blocked.clear();
         Ok(())
     }
 
     /// Takes a claimed message: publishes it, or queues it behind its key's message in flight.
     async fn dispatch(&mut self, claimed: Claimed) {
+        if claimed
+            .message
+            .key()
+            .is_some_and(|key| self.blocked.contains(key))
+        {
+            // An earlier message of this key just failed: leave this one in the store.
+            return;
+        }
         self.held.insert(claimed.seq);
         match claimed.message.key() {
             Some(key) => match self.keys.get_mut(key) {
@@ -169,6 +209,11 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
     async fn on_ack(&mut self, (claimed, result): (Claimed, Result<Ack, Error>)) {
         match result {
             Ok(ack) => {
+                if matches!(self.health, BrokerHealth::Down) {
+                    tracing::info!("broker available again; publishing resumed");
+                    self.health = BrokerHealth::Up;
+                    self.outage.reset();
+                }
                 if ack.duplicate {
                     tracing::debug!(id = %claimed.message.id(), "broker dropped a duplicate");
                 }
@@ -205,6 +250,22 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
     }
 
     fn fail(&mut self, claimed: Claimed, error: Error) {
+        if let Some(key) = claimed.message.key() {
+            self.release(key);
+            self.blocked.insert(key.to_owned());
+        }
+        if error.is_unavailable() {
+            // Not the message's fault: forget it without counting an attempt; it stays due and
+            // is claimed again once the broker answers.
+            self.held.remove(&claimed.seq);
+            if matches!(self.health, BrokerHealth::Up) {
+                tracing::warn!(%error, "broker unavailable; publishing paused");
+            }
+            if !matches!(self.health, BrokerHealth::Failing(_)) {
+                self.health = BrokerHealth::Failing(error);
+            }
+            return;
+        }
         let attempts = claimed.attempts.saturating_add(1);
         let action = if error.is_retryable() && attempts < self.config.max_attempts {
             FailureAction::Retry {
@@ -217,14 +278,22 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         } else {
             FailureAction::DeadLetter
         };
-        if let Some(key) = claimed.message.key() {
-            self.release(key);
-        }
         self.failed.push(Failure {
             seq: claimed.seq,
             error: error.to_string(),
             action,
         });
+    }
+
+    /// The error that calls for a pause, if one arrived since the last pause.
+    fn take_outage(&mut self) -> Option<Error> {
+        match std::mem::replace(&mut self.health, BrokerHealth::Down) {
+            BrokerHealth::Failing(error) => Some(error),
+            other => {
+                self.health = other;
+                None
+            }
+        }
     }
 
     /// Handles every acknowledgement that already arrived, without waiting.

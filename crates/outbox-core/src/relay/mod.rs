@@ -62,6 +62,8 @@ impl RelayState {
 /// - Failed publishes are retried with exponential backoff and jitter; after
 ///   [`RelayConfig::max_attempts`], or at once for a permanent error, the message is
 ///   dead-lettered.
+/// - While the broker is unavailable ([`Error::is_unavailable`]) it pauses publishing, backs
+///   off, logs once when the broker goes away and once when it is back, and counts no attempts.
 /// - On leadership loss it stops publishing at once; on shutdown it stops claiming, waits for
 ///   acknowledgements in flight for at most [`RelayConfig::shutdown_grace`], records them, and
 ///   returns.
@@ -98,7 +100,7 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
     /// a loss. Errors of the store, broker or elector are logged and retried with backoff; they
     /// never end the loop.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut reconnect = Backoff::new(self.config.reconnect_base, self.config.retry_max);
+        let mut reconnect = Backoff::new(self.config.reconnect_base, self.config.reconnect_max);
         loop {
             self.state.send_replace(RelayState::Campaigning);
             let campaign = tokio::select! {
