@@ -1,1 +1,94 @@
-//! placeholder
+//! PostgreSQL backend of the transactional outbox: migrations, enqueueing in the caller's
+//! transaction, the relay's [`Store`](outbox_core::Store) and leader election.
+//!
+//! A service writes its business rows and its outbox messages in one transaction with
+//! [`PgOutbox::enqueue`]: the messages exist if and only if the transaction commits. A relay
+//! ([`outbox_core::Relay`]) then reads them through a [`PgStore`] and publishes them. Several
+//! instances may run relays: a [`PgElector`] lets one of them lead, through an advisory lock held
+//! by the very session the store works on.
+//!
+//! | Module | What it holds |
+//! |---|---|
+//! | [`config`] | [`PgConfig`] (schema, lock id, wake-up mode, session timings) and its builder |
+//! | [`outbox`] | [`PgOutbox`]: [`migrate`](PgOutbox::migrate), [`enqueue`](PgOutbox::enqueue), [`enqueue_batch`](PgOutbox::enqueue_batch) |
+//! | [`executor`] | [`Executor`]: the clients and transactions `enqueue` accepts |
+//! | [`store`] | [`PgStore`]: claim, complete, fail, wait for work |
+//! | [`elector`] | [`PgElector`]: leadership as a session-level advisory lock |
+//! | [`dead_letter`] | [`DeadLetter`] and the list, replay and purge functions |
+//! | [`error`] | [`Error`], classified transient or permanent |
+//!
+//! Everything lives in one schema (default `outbox`): `messages`, `dead_letters` and
+//! `schema_migrations`. All SQL is in one internal module; the migrations are embedded.
+//!
+//! # Features
+//!
+//! | Feature | Default | Enables |
+//! |---|---|---|
+//! | `deadpool` | on | [`Executor`] for `deadpool_postgres::Object` and `deadpool_postgres::Transaction` |
+//!
+//! # Examples
+//!
+//! Migrate, enqueue in a transaction, and run a relay that leads while it holds the lock:
+//!
+//! ```no_run
+//! use outbox_core::{Broker, CancellationToken, Message, Relay, RelayConfig};
+//! use outbox_postgres::{PgConfig, PgOutbox, PgStore};
+//!
+//! // `broker` is e.g. outbox-nats' JetStream publisher.
+//! async fn service(broker: impl Broker) -> Result<(), Box<dyn std::error::Error>> {
+//!     let url = "postgres://postgres@127.0.0.1:5432/app";
+//!     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+//!     tokio::spawn(connection);
+//!
+//!     let outbox = PgOutbox::new(PgConfig::default())?;
+//!     outbox.migrate(&client).await?;
+//!
+//!     let tx = client.transaction().await?;
+//!     tx.execute("INSERT INTO orders (id, total) VALUES ($1, $2)", &[&42_i64, &1999_i64])
+//!         .await?;
+//!     let message = Message::builder("orders.created")
+//!         .key("customer-7")
+//!         .payload(r#"{"id":42}"#)
+//!         .build()?;
+//!     outbox.enqueue(&tx, &message).await?;
+//!     tx.commit().await?;
+//!
+//!     let store = PgStore::new(&outbox, url.parse()?);
+//!     let elector = store.elector();
+//!     let relay = Relay::new(store, broker, elector, RelayConfig::default())?;
+//!     let shutdown = CancellationToken::new();
+//!     let running = tokio::spawn(relay.run(shutdown.clone()));
+//!     // ... on SIGTERM:
+//!     shutdown.cancel();
+//!     running.await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Operational notes
+//!
+//! - The store connects without TLS.
+//! - Point the store at PostgreSQL directly or through a pooler in session mode: a pooler in
+//!   transaction mode breaks session-level advisory locks. `enqueue` itself works through any
+//!   pooler (it uses no named prepared statements).
+//! - The leader's session is visible in `pg_stat_activity` as `outbox-relay <schema>`.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dead_letter;
+pub mod elector;
+pub mod error;
+pub mod executor;
+mod listen;
+pub mod outbox;
+mod session;
+mod sql;
+pub mod store;
+
+pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
+pub use dead_letter::DeadLetter;
+pub use elector::PgElector;
+pub use error::Error;
+pub use executor::Executor;
+pub use outbox::PgOutbox;
+pub use store::PgStore;

@@ -119,12 +119,13 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
                     continue;
                 }
             };
-            tracing::info!("became leader; relaying");
             self.state.send_replace(RelayState::Leading);
+            tracing::info!("became leader; relaying");
             let end = Dispatcher::new(&self.store, &self.broker, &self.config)
                 .run(&leadership, &shutdown)
                 .await;
             drop(leadership);
+            self.state.send_replace(RelayState::Campaigning);
             match end {
                 TermEnd::Shutdown => break,
                 TermEnd::Lost => {

@@ -1,0 +1,322 @@
+//! [`PgOutbox`]: migrations and enqueueing in the caller's transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use outbox_core::{Headers, Message};
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, Json, ToSql, Type};
+use uuid::Uuid;
+
+use crate::sql::{self, Sql};
+use crate::{Error, Executor, PgConfig, WakeUp};
+
+/// The outbox in one PostgreSQL schema: runs its migrations and enqueues messages.
+///
+/// Cloning is cheap (a reference count); every clone uses the same configuration and the SQL
+/// rendered once for its schema.
+///
+/// # Examples
+///
+/// Enqueue in your own `tokio-postgres` transaction: the message is published if and only if the
+/// transaction commits.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use outbox_core::Message;
+/// use outbox_postgres::{PgConfig, PgOutbox};
+///
+/// let (mut client, connection) =
+///     tokio_postgres::connect("postgres://postgres@127.0.0.1/app", tokio_postgres::NoTls).await?;
+/// tokio::spawn(connection);
+///
+/// let outbox = PgOutbox::new(PgConfig::default())?;
+/// outbox.migrate(&client).await?;
+///
+/// let tx = client.transaction().await?;
+/// tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = $1", &[&7_i64]).await?;
+/// let message = Message::builder("accounts.debited").key("account-7").payload("10").build()?;
+/// let seq = outbox.enqueue(&tx, &message).await?;
+/// tx.commit().await?;
+/// # let _ = seq; Ok(()) }
+/// ```
+///
+/// The same with a `deadpool-postgres` pool (feature `deadpool`, on by default):
+///
+/// ```no_run
+/// # async fn example(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// use outbox_core::Message;
+/// use outbox_postgres::{PgConfig, PgOutbox};
+///
+/// let outbox = PgOutbox::new(PgConfig::default())?;
+/// let mut client = pool.get().await?;
+/// let tx = client.transaction().await?;
+/// let messages = [
+///     Message::builder("orders.created").key("customer-1").payload("{}").build()?,
+///     Message::builder("orders.created").key("customer-2").payload("{}").build()?,
+/// ];
+/// let seqs = outbox.enqueue_batch(&tx, &messages).await?;
+/// tx.commit().await?;
+/// assert!(seqs[0] < seqs[1]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgOutbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: PgConfig,
+    sql: Sql,
+    channel: String,
+}
+
+impl PgOutbox {
+    /// An outbox configured by `config`; fails if [`PgConfig::validate`] does.
+    pub fn new(config: PgConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let channel = config.channel();
+        let sql = Sql::render(&config.schema, &channel);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                sql,
+                channel,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn sql(&self) -> &Sql {
+        &self.inner.sql
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Creates or upgrades the schema; returns the versions this call applied (empty when the
+    /// schema was up to date).
+    ///
+    /// Runs in one transaction on `client`, under a transaction-level advisory lock derived from
+    /// the schema name, so instances starting at the same time migrate one after the other and
+    /// the later ones find nothing to do. Each migration is recorded in
+    /// `<schema>.schema_migrations` and applied once. On error the transaction is rolled back
+    /// and nothing is applied. `client` must not be inside a transaction; with a
+    /// `deadpool-postgres` client, pass `&**client`.
+    pub async fn migrate(&self, client: &tokio_postgres::Client) -> Result<Vec<i32>, Error> {
+        client
+            .batch_execute(sql::BEGIN)
+            .await
+            .map_err(Error::query("begin migration"))?;
+        match self.migrate_in_transaction(client).await {
+            Ok(applied) => {
+                client
+                    .batch_execute(sql::COMMIT)
+                    .await
+                    .map_err(Error::query("commit migration"))?;
+                Ok(applied)
+            }
+            Err(error) => {
+                // The original error is what matters; a failed rollback means the connection is
+                // gone, which also ends the transaction.
+                let _ = client.batch_execute(sql::ROLLBACK).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn migrate_in_transaction(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<i32>, Error> {
+        let sql = self.sql();
+        client
+            .execute(sql::MIGRATION_LOCK, &[&self.config().migration_lock_id()])
+            .await
+            .map_err(Error::query("take the migration lock"))?;
+        client
+            .batch_execute(&sql.bootstrap)
+            .await
+            .map_err(Error::query("create the schema"))?;
+        let applied: Vec<i32> = client
+            .query(&sql.applied_versions, &[])
+            .await
+            .map_err(Error::query("read applied migrations"))?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(Error::query("read applied migrations"))?;
+        let mut done = Vec::new();
+        for migration in sql::MIGRATIONS {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            let version = migration.version;
+            client
+                .batch_execute(&sql.migration(migration))
+                .await
+                .map_err(|source| Error::Migration { version, source })?;
+            client
+                .execute(&sql.record_migration, &[&version, &migration.name])
+                .await
+                .map_err(|source| Error::Migration { version, source })?;
+            tracing::info!(schema = %self.config().schema, version, name = migration.name, "applied outbox migration");
+            done.push(version);
+        }
+        Ok(done)
+    }
+
+    /// Enqueues `message` on `client` (usually your open transaction); returns its seq.
+    ///
+    /// The message becomes visible to the relay when the transaction commits and never if it
+    /// rolls back. One round trip. With [`WakeUp::Listen`], also sends one `pg_notify` in the
+    /// same transaction (pipelined, no extra round trip).
+    pub async fn enqueue<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        message: &Message,
+    ) -> Result<i64, Error> {
+        let id = message.id();
+        let headers = Json(message.headers());
+        let created_at = message.created_at();
+        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+            (&id, Type::UUID),
+            (&message.subject(), Type::TEXT),
+            (&message.key(), Type::TEXT),
+            (&message.payload().as_ref(), Type::BYTEA),
+            (&headers, Type::JSONB),
+            (&created_at, Type::TIMESTAMPTZ),
+        ];
+        let rows = self
+            .with_notify(client, client.query_typed(&self.sql().enqueue, &params))
+            .await
+            .map_err(Error::query("enqueue"))?;
+        match rows.as_slice() {
+            [row] => column(row, "seq", "enqueue"),
+            _ => Err(Error::Protocol(format!(
+                "enqueue returned {} rows instead of 1",
+                rows.len()
+            ))),
+        }
+    }
+
+    /// Enqueues `messages` with one statement on `client`; returns their seqs, in the order of
+    /// `messages` (and increasing in that order).
+    ///
+    /// Same visibility rules as [`enqueue`](PgOutbox::enqueue). An empty slice sends nothing.
+    pub async fn enqueue_batch<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        messages: &[Message],
+    ) -> Result<Vec<i64>, Error> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = messages.iter().map(Message::id).collect();
+        let subjects: Vec<&str> = messages.iter().map(Message::subject).collect();
+        let keys: Vec<Option<&str>> = messages.iter().map(Message::key).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload().as_ref()).collect();
+        let headers: Vec<Json<&Headers>> = messages.iter().map(|m| Json(m.headers())).collect();
+        let created: Vec<SystemTime> = messages.iter().map(Message::created_at).collect();
+        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+            (&ids, Type::UUID_ARRAY),
+            (&subjects, Type::TEXT_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+            (&payloads, Type::BYTEA_ARRAY),
+            (&headers, Type::JSONB_ARRAY),
+            (&created, Type::TIMESTAMPTZ_ARRAY),
+        ];
+        let rows = self
+            .with_notify(
+                client,
+                client.query_typed(&self.sql().enqueue_batch, &params),
+            )
+            .await
+            .map_err(Error::query("enqueue batch"))?;
+        seqs_in_order(&ids, &rows, "enqueue batch")
+    }
+
+    /// Runs `statement`, pipelined with a `pg_notify` on the same connection in Listen mode.
+    pub(crate) async fn with_notify<C: Executor + ?Sized, T>(
+        &self,
+        client: &C,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        match self.config().wake_up {
+            WakeUp::Poll => statement.await,
+            WakeUp::Listen => {
+                let channel = self.channel();
+                let params: [(&(dyn ToSql + Sync), Type); 1] = [(&channel, Type::TEXT)];
+                let notify = client.query_typed(sql::NOTIFY, &params);
+                let (result, _) = futures::try_join!(statement, notify)?;
+                Ok(result)
+            }
+        }
+    }
+}
+
+/// Maps `(id, seq)` rows back to the order of `ids`.
+pub(crate) fn seqs_in_order(
+    ids: &[Uuid],
+    rows: &[Row],
+    operation: &'static str,
+) -> Result<Vec<i64>, Error> {
+    let mut by_id = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = column(row, "id", operation)?;
+        by_id.insert(id, column::<i64>(row, "seq", operation)?);
+    }
+    ids.iter()
+        .map(|id| {
+            by_id.get(id).copied().ok_or_else(|| {
+                Error::Protocol(format!("{operation} returned no seq for message {id}"))
+            })
+        })
+        .collect()
+}
+
+/// Reads `name` from `row`, naming `operation` in the error.
+pub(crate) fn column<'a, T: FromSql<'a>>(
+    row: &'a Row,
+    name: &str,
+    operation: &'static str,
+) -> Result<T, Error> {
+    row.try_get(name).map_err(Error::query(operation))
+}
+
+/// Rebuilds the message stored in `row` (columns id, subject, key, payload, headers, created_at).
+pub(crate) fn message_from_row(row: &Row, seq: i64) -> Result<Message, Error> {
+    const OP: &str = "read message";
+    let subject: String = column(row, "subject", OP)?;
+    let key: Option<String> = column(row, "key", OP)?;
+    let payload: Vec<u8> = column(row, "payload", OP)?;
+    let Json(headers): Json<Headers> = column(row, "headers", OP)?;
+    let mut builder = Message::builder(subject)
+        .id(column(row, "id", OP)?)
+        .payload(Bytes::from(payload))
+        .created_at(column(row, "created_at", OP)?);
+    if let Some(key) = key {
+        builder = builder.key(key);
+    }
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder.build().map_err(|error| Error::Decode {
+        seq,
+        reason: error.to_string(),
+    })
+}
+
+/// Reads an `integer` attempts column; negative values (never written by this crate) read as 0.
+pub(crate) fn attempts_from_row(row: &Row) -> Result<u32, Error> {
+    let attempts: i32 = column(row, "attempts", "read message")?;
+    Ok(u32::try_from(attempts).unwrap_or(0))
+}

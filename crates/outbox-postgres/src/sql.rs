@@ -1,0 +1,244 @@
+//! Every SQL statement of the crate, in one place.
+//!
+//! Templates name the schema as `{schema}`; [`Sql::render`] replaces it with the validated,
+//! quoted schema name once, when a [`PgOutbox`](crate::PgOutbox) is made. Values always travel as
+//! bind parameters, never as text in a statement.
+
+/// One versioned migration, shipped in the crate.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    /// Recorded in `schema_migrations`; applied in ascending order, each once.
+    pub(crate) version: i32,
+    /// A short name, recorded next to the version.
+    pub(crate) name: &'static str,
+    /// The statements, with `{schema}` placeholders.
+    pub(crate) sql: &'static str,
+}
+
+/// The migrations, oldest first. Never edit one that was released: add the next version.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/0001_init.sql"),
+}];
+
+pub(crate) const BEGIN: &str = "BEGIN";
+pub(crate) const COMMIT: &str = "COMMIT";
+pub(crate) const ROLLBACK: &str = "ROLLBACK";
+
+/// Serializes migrations of one schema across instances; released at commit or rollback.
+pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// Creates what the migration runner needs before it can read the applied versions.
+const BOOTSTRAP: &str = "\
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+const APPLIED_VERSIONS: &str = "SELECT version FROM {schema}.schema_migrations ORDER BY version";
+
+const RECORD_MIGRATION: &str =
+    "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)";
+
+const ENQUEUE: &str = "\
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING seq";
+
+// Rows are inserted in input order (ORDER BY ord), so their identity values increase with it;
+// the caller still maps seqs back by id rather than trusting the order of RETURNING.
+const ENQUEUE_BATCH: &str = "\
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
+SELECT id, subject, key, payload, headers, created_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[])
+     WITH ORDINALITY AS m (id, subject, key, payload, headers, created_at, ord)
+ORDER BY ord
+RETURNING id, seq";
+
+/// Sent in the enqueuing transaction, so it is delivered at commit and never for a rollback.
+/// PostgreSQL folds identical notifications of one transaction into one.
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+/// `{channel}` is a quoted identifier made from the validated schema name.
+const LISTEN: &str = "LISTEN {channel}";
+
+/// Server-side keepalives of a session: they let the server notice a vanished client host and
+/// end its session, which frees the leadership lock. Values are whole seconds, as text.
+pub(crate) const SESSION_KEEPALIVES: &str = "\
+SELECT set_config('tcp_keepalives_idle', $1, false),
+       set_config('tcp_keepalives_interval', $2, false),
+       set_config('tcp_keepalives_count', $3, false)";
+
+/// Session-level, so it lives exactly as long as the session that took it.
+pub(crate) const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+
+/// Whether this session holds the advisory lock `$1`. A bigint key is stored in `pg_locks` as
+/// its high 32 bits in `classid` and low 32 bits in `objid`, with `objsubid = 1`.
+pub(crate) const HOLDS_LOCK: &str = "\
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND pid = pg_backend_pid()
+      AND ((classid::bigint << 32) | objid::bigint) = $1
+)";
+
+// Walks the primary key in seq order. `NOT IN (SELECT unnest(..))` becomes a hashed subplan
+// whatever the plan, so a long exclude list costs one hash probe per row (`<> ALL($1)` is only
+// hashed in custom plans). The NOT EXISTS probe uses messages_key_available_at_idx.
+const CLAIM: &str = "\
+SELECT m.seq, m.attempts, m.id, m.subject, m.key, m.payload, m.headers, m.created_at
+FROM {schema}.messages m
+WHERE m.available_at <= now()
+  AND m.seq NOT IN (SELECT unnest($1::bigint[]))
+  AND (m.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM {schema}.messages e
+        WHERE e.key = m.key AND e.available_at > now() AND e.seq < m.seq))
+ORDER BY m.seq
+LIMIT $2";
+
+const COMPLETE: &str = "DELETE FROM {schema}.messages WHERE seq = ANY($1::bigint[])";
+
+// One statement, so rescheduling and dead-lettering a batch is atomic without an explicit
+// transaction (the leader session is shared by concurrent statements). A NULL delay means
+// "dead-letter". Data-modifying CTEs always run, referenced or not.
+const FAIL: &str = "\
+WITH f AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS f (seq, delay_us, error)
+), retried AS (
+    UPDATE {schema}.messages m
+    SET attempts = m.attempts + 1,
+        available_at = now() + f.delay_us * interval '1 microsecond',
+        last_error = f.error
+    FROM f
+    WHERE m.seq = f.seq AND f.delay_us IS NOT NULL
+), moved AS (
+    DELETE FROM {schema}.messages m
+    USING f
+    WHERE m.seq = f.seq AND f.delay_us IS NULL
+    RETURNING m.seq, m.id, m.subject, m.key, m.payload, m.headers, m.created_at,
+              m.available_at, m.attempts, m.last_error, f.error AS final_error
+)
+INSERT INTO {schema}.dead_letters
+    (seq, id, subject, key, payload, headers, created_at, available_at, attempts, last_error, error)
+SELECT seq, id, subject, key, payload, headers, created_at, available_at, attempts + 1, last_error,
+       final_error
+FROM moved";
+
+const LIST_DEAD_LETTERS: &str = "\
+SELECT seq, attempts, id, subject, key, payload, headers, created_at, error, failed_at
+FROM {schema}.dead_letters
+ORDER BY failed_at, seq
+LIMIT $1 OFFSET $2";
+
+const COUNT_DEAD_LETTERS: &str = "SELECT count(*) FROM {schema}.dead_letters";
+
+const REPLAY_DEAD_LETTERS: &str = "\
+WITH replayed AS (
+    DELETE FROM {schema}.dead_letters WHERE id = ANY($1::uuid[])
+    RETURNING seq, id, subject, key, payload, headers, created_at
+)
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
+SELECT id, subject, key, payload, headers, created_at FROM replayed ORDER BY seq
+RETURNING id, seq";
+
+const PURGE_DEAD_LETTERS: &str = "DELETE FROM {schema}.dead_letters WHERE id = ANY($1::uuid[])";
+
+const PURGE_DEAD_LETTERS_BEFORE: &str = "DELETE FROM {schema}.dead_letters WHERE failed_at < $1";
+
+/// The statements of one schema, rendered once.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) bootstrap: String,
+    pub(crate) applied_versions: String,
+    pub(crate) record_migration: String,
+    pub(crate) enqueue: String,
+    pub(crate) enqueue_batch: String,
+    pub(crate) listen: String,
+    pub(crate) claim: String,
+    pub(crate) complete: String,
+    pub(crate) fail: String,
+    pub(crate) list_dead_letters: String,
+    pub(crate) count_dead_letters: String,
+    pub(crate) replay_dead_letters: String,
+    pub(crate) purge_dead_letters: String,
+    pub(crate) purge_dead_letters_before: String,
+    schema: String,
+}
+
+impl Sql {
+    /// Renders every statement for `schema` (already validated) and notification `channel`.
+    pub(crate) fn render(schema: &str, channel: &str) -> Sql {
+        let schema = quote_ident(schema);
+        let r = |template: &str| template.replace("{schema}", &schema);
+        Sql {
+            bootstrap: r(BOOTSTRAP),
+            applied_versions: r(APPLIED_VERSIONS),
+            record_migration: r(RECORD_MIGRATION),
+            enqueue: r(ENQUEUE),
+            enqueue_batch: r(ENQUEUE_BATCH),
+            listen: LISTEN.replace("{channel}", &quote_ident(channel)),
+            claim: r(CLAIM),
+            complete: r(COMPLETE),
+            fail: r(FAIL),
+            list_dead_letters: r(LIST_DEAD_LETTERS),
+            count_dead_letters: r(COUNT_DEAD_LETTERS),
+            replay_dead_letters: r(REPLAY_DEAD_LETTERS),
+            purge_dead_letters: r(PURGE_DEAD_LETTERS),
+            purge_dead_letters_before: r(PURGE_DEAD_LETTERS_BEFORE),
+            schema,
+        }
+    }
+
+    /// A migration's statements for this schema.
+    pub(crate) fn migration(&self, migration: &Migration) -> String {
+        migration.sql.replace("{schema}", &self.schema)
+    }
+}
+
+/// Quotes an identifier. Names are validated before they get here; doubling quotes keeps this
+/// safe on its own.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_replaced() {
+        let sql = Sql::render("tenant_1", "outbox_tenant_1");
+        for text in [
+            &sql.bootstrap,
+            &sql.claim,
+            &sql.fail,
+            &sql.enqueue_batch,
+            &sql.replay_dead_letters,
+            &sql.listen,
+        ] {
+            assert!(!text.contains('{'), "{text}");
+        }
+        assert!(sql.claim.contains("FROM \"tenant_1\".messages m"));
+        assert_eq!(sql.listen, "LISTEN \"outbox_tenant_1\"");
+        for migration in MIGRATIONS {
+            let text = sql.migration(migration);
+            assert!(!text.contains("{schema}"));
+            assert!(text.contains("\"tenant_1\".messages"));
+        }
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version, i32::try_from(i + 1).unwrap());
+        }
+    }
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,354 @@
+//! [`PgStore`]: the relay's side of the outbox — claim, complete, fail — on one session.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{ClaimRequest, Claimed, Failure, FailureAction, Leadership, Store, Term};
+
+use crate::listen::Listener;
+use crate::outbox::{attempts_from_row, column, message_from_row};
+use crate::session::Session;
+use crate::{Error, PgElector, PgOutbox, WakeUp};
+
+/// The PostgreSQL [`Store`]: claims due messages in `seq` order, deletes them once acknowledged,
+/// reschedules or dead-letters failures.
+///
+/// It works on a single database session of its own, opened on first use (with the configured
+/// keepalives and `application_name`) and reopened after it was lost. Cloning gives another
+/// handle on the same session.
+///
+/// # Leadership
+///
+/// Once [`elector`](PgStore::elector) was called, the store works only while that elector holds
+/// the leadership lock **on the store's current session**: otherwise every call fails with
+/// [`Error::NotLeader`] (as [`outbox_core::Error::NotLeader`]). The lock and the work share the
+/// session, so a leader whose session died, and with it the lock, cannot claim or complete
+/// anything, even for an instant. Without an elector the store works unconditionally; use that
+/// only when a single relay runs against the schema.
+///
+/// # Examples
+///
+/// ```no_run
+/// use outbox_core::{Broker, CancellationToken, Relay, RelayConfig};
+/// use outbox_postgres::{PgConfig, PgOutbox, PgStore};
+///
+/// async fn relay(broker: impl Broker, shutdown: CancellationToken)
+///     -> Result<(), Box<dyn std::error::Error>>
+/// {
+///     let outbox = PgOutbox::new(PgConfig::default())?;
+///     let db: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
+///     let store = PgStore::new(&outbox, db);
+///     let elector = store.elector();
+///     Relay::new(store, broker, elector, RelayConfig::default())?
+///         .run(shutdown)
+///         .await;
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    outbox: PgOutbox,
+    db: tokio_postgres::Config,
+    slot: Mutex<Slot>,
+    /// One connection attempt at a time, so concurrent callers share the new session.
+    connecting: tokio::sync::Mutex<()>,
+    /// Set once an elector exists: from then on, work needs a live term.
+    elected: AtomicBool,
+    listener: Option<Listener>,
+}
+
+#[derive(Default)]
+struct Slot {
+    session: Option<Arc<Session>>,
+    last_epoch: u64,
+    term: Option<LeaderTerm>,
+}
+
+/// The term of leadership held on the session with `epoch`.
+struct LeaderTerm {
+    epoch: u64,
+    term: Term,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.outbox.config().schema)
+            .field("elected", &self.inner.elected.load(Ordering::Relaxed))
+            .field("leading", &self.is_leading())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// A store for `outbox`, connecting with `db` (without TLS).
+    ///
+    /// `db` is used as given, except for what the store's sessions need: `application_name`
+    /// (see [`PgConfig::application_name`](crate::PgConfig::application_name)), the connect
+    /// timeout and client-side TCP keepalives from the [`PgConfig`](crate::PgConfig). Nothing
+    /// connects until the store or its elector is first used. Do not point `db` at a pooler in
+    /// transaction mode: the leadership lock is a session lock.
+    pub fn new(outbox: &PgOutbox, db: tokio_postgres::Config) -> PgStore {
+        let config = outbox.config();
+        let mut db = db;
+        db.connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(config.keepalive.idle)
+            .keepalives_interval(config.keepalive.interval)
+            .keepalives_retries(config.keepalive.count);
+        let listener = match config.wake_up {
+            WakeUp::Poll => None,
+            WakeUp::Listen => {
+                let mut listen_db = db.clone();
+                listen_db.application_name(config.listener_name());
+                Some(Listener::new(outbox, listen_db))
+            }
+        };
+        db.application_name(config.session_name());
+        PgStore {
+            inner: Arc::new(Inner {
+                outbox: outbox.clone(),
+                db,
+                slot: Mutex::new(Slot::default()),
+                connecting: tokio::sync::Mutex::new(()),
+                elected: AtomicBool::new(false),
+                listener,
+            }),
+        }
+    }
+
+    /// The elector that campaigns on this store's session. From this call on, the store refuses
+    /// to work unless this elector leads (see [Leadership](PgStore#leadership)).
+    ///
+    /// Use one elector per store: clones of it share the store's single session, and only one
+    /// term runs on it at a time. Candidates that compete must each have their own store.
+    pub fn elector(&self) -> PgElector {
+        self.inner.elected.store(true, Ordering::SeqCst);
+        PgElector::new(self.clone())
+    }
+
+    /// The outbox this store serves.
+    pub fn outbox(&self) -> &PgOutbox {
+        &self.inner.outbox
+    }
+
+    /// Whether this store's elector holds leadership right now.
+    pub fn is_leading(&self) -> bool {
+        let slot = self.slot();
+        match (&slot.term, &slot.session) {
+            (Some(t), Some(s)) => t.epoch == s.epoch && !t.term.is_over() && !s.is_closed(),
+            _ => false,
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        // The slot holds plain data that is consistent after every statement; keep using it
+        // after a panic elsewhere.
+        self.inner
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current session if it is open.
+    fn live_session(&self) -> Option<Arc<Session>> {
+        self.slot()
+            .session
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// The current session, opening a new one if there is none or it closed.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>, Error> {
+        if let Some(session) = self.live_session() {
+            return Ok(session);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(session) = self.live_session() {
+            return Ok(session);
+        }
+        let epoch = {
+            let mut slot = self.slot();
+            slot.last_epoch += 1;
+            slot.last_epoch
+        };
+        let session = Arc::new(Session::open(&self.inner.outbox, &self.inner.db, epoch).await?);
+        let old = self.slot().session.replace(session.clone());
+        if let Some(old) = old {
+            old.close();
+        }
+        Ok(session)
+    }
+
+    /// The session to work on: with an elector, only the session its live term holds.
+    async fn working_session(&self) -> Result<Arc<Session>, Error> {
+        if !self.inner.elected.load(Ordering::SeqCst) {
+            return self.session().await;
+        }
+        let slot = self.slot();
+        match (&slot.term, &slot.session) {
+            (Some(t), Some(s)) if t.epoch == s.epoch && !t.term.is_over() && !s.is_closed() => {
+                Ok(s.clone())
+            }
+            _ => Err(Error::NotLeader),
+        }
+    }
+
+    /// Without an elector, a lost session is dropped so the next call reconnects. With one, the
+    /// elector's watcher ends the term and closes the session.
+    fn on_error(&self, session: &Session, error: Error) -> Error {
+        if error.is_connection_lost() && !self.inner.elected.load(Ordering::SeqCst) {
+            self.discard(session.epoch);
+        }
+        error
+    }
+
+    /// Closes the session with `epoch` if it is still the current one.
+    pub(crate) fn discard(&self, epoch: u64) {
+        let old = {
+            let mut slot = self.slot();
+            if slot.session.as_ref().is_some_and(|s| s.epoch == epoch) {
+                slot.session.take()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = old {
+            old.close();
+        }
+    }
+
+    /// Whether a term is running on this store. A term that is over (lost or resigned) but not
+    /// yet cleaned up by its watcher is ended here, session closed, so a new term never starts
+    /// on the session of the old one.
+    pub(crate) fn has_live_term(&self) -> bool {
+        let ended = {
+            let mut slot = self.slot();
+            match &slot.term {
+                Some(t) if !t.term.is_over() => return true,
+                Some(t) => {
+                    let epoch = t.epoch;
+                    slot.term = None;
+                    if slot.session.as_ref().is_some_and(|s| s.epoch == epoch) {
+                        slot.session.take()
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(session) = ended {
+            session.close();
+        }
+        false
+    }
+
+    /// Starts a term on `session`, which just took the lock. `None` if the session was replaced
+    /// meanwhile or another term runs.
+    pub(crate) fn begin_term(&self, session: &Session) -> Option<(Leadership, Term)> {
+        let mut slot = self.slot();
+        let current = slot
+            .session
+            .as_ref()
+            .is_some_and(|s| s.epoch == session.epoch && !s.is_closed());
+        let busy = slot.term.as_ref().is_some_and(|t| !t.term.is_over());
+        if !current || busy {
+            return None;
+        }
+        let (leadership, term) = Leadership::new();
+        slot.term = Some(LeaderTerm {
+            epoch: session.epoch,
+            term: term.clone(),
+        });
+        Some((leadership, term))
+    }
+
+    /// Ends the term held on the session with `epoch` and closes that session, which releases
+    /// the lock.
+    pub(crate) fn end_term(&self, session: &Session) {
+        {
+            let mut slot = self.slot();
+            if slot.term.as_ref().is_some_and(|t| t.epoch == session.epoch) {
+                slot.term = None;
+            }
+        }
+        self.discard(session.epoch);
+        session.close();
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>, outbox_core::Error> {
+        let session = self.working_session().await?;
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let rows = session
+            .client
+            .query(&session.statements.claim, &[&request.exclude, &limit])
+            .await
+            .map_err(|e| self.on_error(&session, Error::query("claim")(e)))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = column(row, "seq", "claim")?;
+            claimed.push(Claimed {
+                seq,
+                attempts: attempts_from_row(row)?,
+                message: message_from_row(row, seq)?,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn complete(&self, seqs: &[i64]) -> Result<(), outbox_core::Error> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let session = self.working_session().await?;
+        session
+            .client
+            .execute(&session.statements.complete, &[&seqs])
+            .await
+            .map_err(|e| self.on_error(&session, Error::query("complete")(e)))?;
+        Ok(())
+    }
+
+    async fn fail(&self, failures: &[Failure]) -> Result<(), outbox_core::Error> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let session = self.working_session().await?;
+        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let delays: Vec<Option<i64>> = failures
+            .iter()
+            .map(|f| match f.action {
+                FailureAction::Retry { after } => {
+                    Some(i64::try_from(after.as_micros()).unwrap_or(i64::MAX))
+                }
+                FailureAction::DeadLetter => None,
+            })
+            .collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        session
+            .client
+            .execute(&session.statements.fail, &[&seqs, &delays, &errors])
+            .await
+            .map_err(|e| self.on_error(&session, Error::query("fail")(e)))?;
+        Ok(())
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        match &self.inner.listener {
+            Some(listener) => listener.wait(timeout).await,
+            None => tokio::time::sleep(timeout).await,
+        }
+    }
+}

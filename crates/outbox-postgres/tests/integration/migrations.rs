@@ -1,0 +1,112 @@
+use outbox_postgres::{Error, PgConfig, PgOutbox};
+use outbox_testkit::TestDatabase;
+
+#[tokio::test]
+async fn migrating_twice_applies_once() {
+    let db = TestDatabase::new().await;
+    let outbox = PgOutbox::new(PgConfig::builder().schema(db.schema()).build().unwrap()).unwrap();
+    let client = db.connect().await;
+    assert_eq!(outbox.migrate(&client).await.unwrap(), vec![1]);
+    assert_eq!(outbox.migrate(&client).await.unwrap(), Vec::<i32>::new());
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            &[&db.schema()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["dead_letters", "messages", "schema_migrations"]);
+    let versions: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM {}.schema_migrations", db.schema()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_one_schema_are_safe() {
+    let db = TestDatabase::new().await;
+    let outbox = PgOutbox::new(PgConfig::builder().schema(db.schema()).build().unwrap()).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = db.connect().await;
+        let outbox = outbox.clone();
+        tasks.push(tokio::spawn(async move { outbox.migrate(&client).await }));
+    }
+    let mut applied = Vec::new();
+    for task in tasks {
+        applied.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(applied, [1], "exactly one instance applies the migration");
+    let client = db.connect().await;
+    let seq = outbox
+        .enqueue(&client, &crate::common::message(None, 1))
+        .await
+        .unwrap();
+    assert!(seq > 0);
+}
+
+#[tokio::test]
+async fn a_failed_migration_leaves_nothing_behind() {
+    let db = TestDatabase::new().await;
+    let client = db.connect().await;
+    // A table in the way makes migration 1 fail half-way (its index cannot be built on it).
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; CREATE TABLE {s}.messages (nothing int)",
+            s = db.schema()
+        ))
+        .await
+        .unwrap();
+    let outbox = PgOutbox::new(PgConfig::builder().schema(db.schema()).build().unwrap()).unwrap();
+    let error = outbox.migrate(&client).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Migration { version: 1, .. }),
+        "{error}"
+    );
+    assert!(!error.is_transient());
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NULL, to_regclass($2) IS NULL",
+            &[
+                &format!("{}.schema_migrations", db.schema()),
+                &format!("{}.dead_letters", db.schema()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0) && row.get::<_, bool>(1),
+        "rolled back"
+    );
+    // The connection is usable again (not stuck in an aborted transaction).
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[test]
+fn hostile_schema_names_are_rejected() {
+    for schema in [
+        "outbox\"; DROP SCHEMA public CASCADE; --",
+        "a b",
+        "UPPER",
+        "pg_toast",
+        "",
+        "x.y",
+    ] {
+        let mut config = PgConfig::default();
+        config.schema = schema.to_owned();
+        match PgOutbox::new(config) {
+            Err(Error::Config(message)) => assert!(message.contains("schema name"), "{message}"),
+            other => panic!("{schema:?} accepted: {other:?}"),
+        }
+    }
+}
