@@ -1,0 +1,272 @@
+//! Startup and lifetime of the service: database, schema, HTTP, relay, load generator, signals.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use outbox_core::RelayState;
+use outbox_postgres::{PgConfig, PgOutbox};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Role, Settings};
+use crate::load::{self, Outcome};
+use crate::orders::Orders;
+use crate::{http, retry};
+
+/// Runs the service until it is done (a replica's load) or signalled; `Ok` means exit 0.
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    let pg_config = pg_config(&settings)?;
+    let outbox_config = PgConfig::builder()
+        .schema(settings.schema.as_str())
+        .build()
+        .context("outbox configuration")?;
+    let outbox = PgOutbox::new(outbox_config).context("outbox configuration")?;
+    let pool = pool(&pg_config, settings.load.concurrency)?;
+    let orders = Arc::new(Orders::new(
+        pool,
+        outbox.clone(),
+        &settings.app_schema,
+        settings.subject(),
+    ));
+
+    tracing::info!(
+        role = settings.role.as_str(),
+        database = %settings.database_redacted,
+        outbox_schema = %settings.schema,
+        app_schema = %settings.app_schema,
+        "starting"
+    );
+    if !prepare_database(&settings, &pg_config, &outbox, &orders, &shutdown).await? {
+        tracing::info!("shut down before the database was ready");
+        return Ok(());
+    }
+
+    if settings.role == Role::Replica && settings.load.orders == 0 && settings.port == 0 {
+        tracing::info!(
+            "replica without HTTP and without orders: schemas ready, nothing else to do"
+        );
+        return Ok(());
+    }
+
+    let (relay_state, relay_state_rx) = watch::channel(RelayState::Campaigning);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    match settings.role {
+        Role::Leader => {
+            #[cfg(feature = "nats")]
+            {
+                let relay = crate::relay::RelaySettings::from(&settings);
+                let (outbox, pg_config, shutdown) =
+                    (outbox.clone(), pg_config.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    crate::relay::run(relay, outbox, pg_config, relay_state, shutdown)
+                        .await
+                        .context("relay")
+                });
+            }
+            #[cfg(not(feature = "nats"))]
+            {
+                // main() refuses --role leader without the nats feature.
+                drop(relay_state);
+                anyhow::bail!("--role leader needs the `nats` feature");
+            }
+        }
+        Role::Replica => {
+            // A replica never relays, so `/health` always says `"leading": false`.
+            relay_state.send_replace(RelayState::Stopped);
+        }
+    }
+
+    if settings.port != 0 {
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let listener = http::bind(addr).await?;
+        tracing::info!(
+            "HTTP listening on {}",
+            listener.local_addr().unwrap_or(addr)
+        );
+        let (orders, role, shutdown) = (orders.clone(), settings.role, shutdown.clone());
+        tasks.spawn(async move {
+            http::serve(listener, orders, role, relay_state_rx, shutdown)
+                .await
+                .context("HTTP server")
+        });
+    }
+
+    if settings.load.orders > 0 {
+        let (orders, plan, shutdown) = (orders.clone(), settings.load, shutdown.clone());
+        let role = settings.role;
+        tasks.spawn(async move {
+            let outcome = load::generate(orders, plan, shutdown.clone()).await?;
+            // A replica's work is done; a leader keeps relaying until it is signalled.
+            if outcome == Outcome::Completed && role == Role::Replica {
+                tracing::info!("replica finished its orders; exiting");
+                shutdown.cancel();
+            }
+            Ok(())
+        });
+    }
+
+    // The first task to fail stops the others and becomes the exit error.
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
+            Err(error) => anyhow::anyhow!("task failed: {error}"),
+        };
+        shutdown.cancel();
+        failure.get_or_insert(error);
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The connection settings, with the service's defaults for what the URL leaves out.
+fn pg_config(settings: &Settings) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config = tokio_postgres::Config::from_str(&settings.database_url)
+        .with_context(|| format!("invalid database URL {}", settings.database_redacted))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("outbox-example");
+    }
+    // A vanished peer is noticed in seconds, not after the kernel's two hours.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
+    Ok(config)
+}
+
+/// The connection pool of the order transactions (HTTP and generator). It connects lazily, and
+/// every wait is bounded, so a database outage turns into errors rather than hung requests.
+fn pool(config: &tokio_postgres::Config, concurrency: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(concurrency + 8)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("connection pool")
+}
+
+/// Connects and creates the outbox and application schemas, retrying while the database is
+/// unreachable. Returns `false` if shutdown came first.
+async fn prepare_database(
+    settings: &Settings,
+    pg_config: &tokio_postgres::Config,
+    outbox: &PgOutbox,
+    orders: &Orders,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let what = format!("connecting to PostgreSQL at {}", settings.database_redacted);
+    let step = retry::until_ready(&what, shutdown, StartupError::is_transient, || async {
+        let (mut client, connection) = pg_config.connect(NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let migrated = async {
+            outbox.migrate(&client).await?;
+            orders.migrate(&mut client).await?;
+            Ok::<_, StartupError>(())
+        }
+        .await;
+        drop(client);
+        let _ = connection.await;
+        migrated
+    })
+    .await;
+    match step {
+        None => Ok(false),
+        Some(Ok(())) => {
+            tracing::info!(
+                "database ready: outbox schema {:?}, app schema {:?}",
+                settings.schema,
+                settings.app_schema
+            );
+            Ok(true)
+        }
+        Some(Err(e)) => Err(anyhow::anyhow!(
+            "database {} cannot be used: {}",
+            settings.database_redacted,
+            crate::report::describe(&e)
+        )),
+    }
+}
+
+/// A failure while connecting or migrating.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Outbox(#[from] outbox_postgres::Error),
+}
+
+impl StartupError {
+    fn is_transient(&self) -> bool {
+        match self {
+            StartupError::Postgres(e) => crate::orders::is_transient_pg(e),
+            StartupError::Outbox(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut signals = 0;
+    loop {
+        let name = wait_for_signal().await;
+        signals += 1;
+        if signals == 1 {
+            tracing::info!("received {name}: shutting down (send again to exit at once)");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("received {name} again: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
+}

@@ -1,0 +1,216 @@
+//! Running the built `example` binary in tests: spawn, watch its log lines, signal, talk HTTP.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// The binary under test.
+pub const EXAMPLE: &str = env!("CARGO_BIN_EXE_example");
+
+/// A running `example` process; killed when dropped.
+pub struct Example {
+    name: String,
+    child: Child,
+    lines: watch::Receiver<Vec<String>>,
+}
+
+impl Example {
+    /// Starts `example args…` with `RUST_LOG=info` and the given extra environment; its stderr
+    /// is collected line by line (and echoed, prefixed by `name`, for failing tests).
+    pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(EXAMPLE);
+        command
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {EXAMPLE}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = watch::channel(Vec::new());
+        let prefix = name.to_owned();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                eprintln!("[{prefix}] {line}");
+                tx.send_modify(|lines| lines.push(line));
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            child,
+            lines: rx,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        self.lines.borrow().join("\n")
+    }
+
+    /// Waits until a logged line contains `needle`, and returns that line.
+    ///
+    /// # Panics
+    ///
+    /// After `timeout`, with the logs.
+    pub async fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let mut lines = self.lines.clone();
+        let found = tokio::time::timeout(
+            timeout,
+            lines.wait_for(|lines| lines.iter().any(|l| l.contains(needle))),
+        )
+        .await;
+        match found {
+            Ok(Ok(lines)) => lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+                .unwrap_or_default(),
+            _ => panic!(
+                "{}: no log line with {needle:?} within {timeout:?}; logs:\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+
+    /// How many logged lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines
+            .borrow()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`, `"KILL"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Panics
+    ///
+    /// After `timeout`, with the logs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                // Let the reader collect the last lines.
+                let mut lines = self.lines.clone();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), lines.wait_for(|_| false)).await;
+                status
+            }
+            Ok(Err(e)) => panic!("{}: wait failed: {e}", self.name),
+            Err(_) => panic!(
+                "{}: still running after {timeout:?}; logs:\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status and the body.
+pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("a response within 30 s")
+    .expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `http` with a JSON body parsed from the response.
+pub async fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = http(port, method, path, body).await;
+    let value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path} -> {status}: body {body:?} is not JSON: {e}"));
+    (status, value)
+}
+
+/// Flags that give a run its own outbox schema, app schema, stream and subjects.
+pub fn isolation(schema: &str, app_schema: &str, stream: &str, prefix: &str) -> Vec<String> {
+    [
+        "--schema",
+        schema,
+        "--app-schema",
+        app_schema,
+        "--stream",
+        stream,
+        "--subject-prefix",
+        prefix,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Converts string slices to owned arguments.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
