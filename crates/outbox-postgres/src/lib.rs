@@ -92,3 +92,8 @@ pub use error::Error;
 pub use executor::Executor;
 pub use outbox::PgOutbox;
 pub use store::PgStore;
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
