@@ -68,7 +68,7 @@ pub use broker::{Ack, Broker, PendingAck};
 pub use config::{RelayConfig, RelayConfigBuilder};
 pub use elector::{Elector, Leadership, Standalone, Term};
 pub use error::{BoxError, Error};
-pub use message::{Headers, Message, MessageBuilder};
+pub use message::{Headers, Message, MessageBuilder, Schedule};
 pub use relay::{Relay, RelayState};
 pub use store::{ClaimRequest, Claimed, Failure, FailureAction, Store};
 

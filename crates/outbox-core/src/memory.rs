@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     Ack, Broker, ClaimRequest, Claimed, Elector, Error, Failure, FailureAction, Leadership,
-    Message, PendingAck, Store, Term,
+    Message, PendingAck, Schedule, Store, Term,
 };
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,12 +167,21 @@ impl MemoryTransaction {
         let now = Instant::now();
         let mut state = lock(&self.store.inner.state);
         for (seq, message) in self.rows.drain(..) {
+            let available_at = match message.schedule() {
+                Some(Schedule::After(delay)) => now + delay,
+                Some(Schedule::At(at)) => {
+                    now + at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                }
+                _ => now,
+            };
             state.rows.insert(
                 seq,
                 Row {
                     message,
                     attempts: 0,
-                    available_at: now,
+                    available_at,
                     last_error: None,
                 },
             );

@@ -1,7 +1,7 @@
 //! The outbox message: what a service enqueues and the relay publishes.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,21 @@ pub struct Message {
     payload: Bytes,
     headers: Headers,
     created_at: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<Schedule>,
+}
+
+/// When a message becomes due for publishing, if not at once.
+///
+/// A scheduled message holds back the later messages of its key until it is published, so
+/// per-key order is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Schedule {
+    /// This long after the enqueuing transaction started, measured on the store's clock.
+    After(Duration),
+    /// At this wall-clock time (the store compares it with its own clock).
+    At(SystemTime),
 }
 
 impl Message {
@@ -64,6 +79,7 @@ impl Message {
             payload: Bytes::new(),
             headers: Headers::new(),
             created_at: None,
+            schedule: None,
             error: None,
         }
     }
@@ -106,6 +122,11 @@ impl Message {
         self.created_at
     }
 
+    /// When the message becomes due, if it was scheduled.
+    pub fn schedule(&self) -> Option<Schedule> {
+        self.schedule
+    }
+
     /// Decodes the payload as JSON.
     pub fn decode_json<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Error> {
         Ok(serde_json::from_slice(&self.payload)?)
@@ -122,10 +143,23 @@ pub struct MessageBuilder {
     payload: Bytes,
     headers: Headers,
     created_at: Option<SystemTime>,
+    schedule: Option<Schedule>,
     error: Option<Error>,
 }
 
 impl MessageBuilder {
+    /// Publishes the message no earlier than `delay` after enqueueing (on the store's clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.schedule = Some(Schedule::After(delay));
+        self
+    }
+
+    /// Publishes the message no earlier than `at`.
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.schedule = Some(Schedule::At(at));
+        self
+    }
+
     /// Sets the ordering key: messages with the same key are published in enqueue order.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
@@ -196,6 +230,7 @@ impl MessageBuilder {
             payload: self.payload,
             headers: self.headers,
             created_at: self.created_at.unwrap_or_else(SystemTime::now),
+            schedule: self.schedule,
         })
     }
 }
@@ -301,6 +336,19 @@ mod tests {
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn schedules_are_kept() {
+        let m = Message::builder("a")
+            .delay(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        assert_eq!(m.schedule(), Some(Schedule::After(Duration::from_secs(5))));
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        let m = Message::builder("a").deliver_at(at).build().unwrap();
+        assert_eq!(m.schedule(), Some(Schedule::At(at)));
+        assert_eq!(Message::builder("a").build().unwrap().schedule(), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use outbox_core::{Headers, Message};
+use outbox_core::{Headers, Message, Schedule};
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json, ToSql, Type};
 use uuid::Uuid;
@@ -187,13 +187,16 @@ impl PgOutbox {
         let id = message.id();
         let headers = Json(message.headers());
         let created_at = message.created_at();
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let (at, delay_us) = schedule(message);
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&id, Type::UUID),
             (&message.subject(), Type::TEXT),
             (&message.key(), Type::TEXT),
             (&message.payload().as_ref(), Type::BYTEA),
             (&headers, Type::JSONB),
             (&created_at, Type::TIMESTAMPTZ),
+            (&at, Type::TIMESTAMPTZ),
+            (&delay_us, Type::INT8),
         ];
         let rows = self
             .with_notify(client, client.query_typed(&self.sql().enqueue, &params))
@@ -226,13 +229,17 @@ impl PgOutbox {
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload().as_ref()).collect();
         let headers: Vec<Json<&Headers>> = messages.iter().map(|m| Json(m.headers())).collect();
         let created: Vec<SystemTime> = messages.iter().map(Message::created_at).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let (at, delay_us): (Vec<Option<SystemTime>>, Vec<i64>) =
+            messages.iter().map(schedule).unzip();
+        let params: [(&(dyn ToSql + Sync), Type); 8] = [
             (&ids, Type::UUID_ARRAY),
             (&subjects, Type::TEXT_ARRAY),
             (&keys, Type::TEXT_ARRAY),
             (&payloads, Type::BYTEA_ARRAY),
             (&headers, Type::JSONB_ARRAY),
             (&created, Type::TIMESTAMPTZ_ARRAY),
+            (&at, Type::TIMESTAMPTZ_ARRAY),
+            (&delay_us, Type::INT8_ARRAY),
         ];
         let rows = self
             .with_notify(
@@ -260,6 +267,18 @@ impl PgOutbox {
                 Ok(result)
             }
         }
+    }
+}
+
+/// The `available_at` parameters of a message: an absolute time, or a delay in microseconds
+/// after the database's `now()`.
+fn schedule(message: &Message) -> (Option<SystemTime>, i64) {
+    match message.schedule() {
+        Some(Schedule::At(at)) => (Some(at), 0),
+        Some(Schedule::After(delay)) => {
+            (None, i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
+        }
+        _ => (None, 0),
     }
 }
 

@@ -43,18 +43,22 @@ const APPLIED_VERSIONS: &str = "SELECT version FROM {schema}.schema_migrations O
 const RECORD_MIGRATION: &str =
     "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)";
 
+// `available_at`: the scheduled time if any ($7), else now() plus the delay in microseconds ($8,
+// zero when not scheduled): "due" is always decided on the database's clock.
 const ENQUEUE: &str = "\
-INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at)
+VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now() + $8 * interval '1 microsecond'))
 RETURNING seq";
 
 // Rows are inserted in input order (ORDER BY ord), so their identity values increase with it;
 // the caller still maps seqs back by id rather than trusting the order of RETURNING.
 const ENQUEUE_BATCH: &str = "\
-INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
-SELECT id, subject, key, payload, headers, created_at
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[])
-     WITH ORDINALITY AS m (id, subject, key, payload, headers, created_at, ord)
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at)
+SELECT id, subject, key, payload, headers, created_at,
+       coalesce(at, now() + delay_us * interval '1 microsecond')
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[],
+            $7::timestamptz[], $8::bigint[])
+     WITH ORDINALITY AS m (id, subject, key, payload, headers, created_at, at, delay_us, ord)
 ORDER BY ord
 RETURNING id, seq";
 

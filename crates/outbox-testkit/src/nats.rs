@@ -185,7 +185,9 @@ async fn read_stream(js: &jetstream::Context, name: &str, n: usize) -> Vec<Recei
 
 impl Drop for TestNats {
     fn drop(&mut self) {
-        let client = self.client.clone();
+        // A fresh connection: the test's client is driven by the test's runtime, which this
+        // drop is blocking.
+        let url = self.url.clone();
         let name = self.stream_name.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -195,10 +197,11 @@ impl Drop for TestNats {
                 return;
             };
             runtime.block_on(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    jetstream::new(client).delete_stream(&name),
-                )
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    if let Ok(client) = async_nats::connect(&url).await {
+                        let _ = jetstream::new(client).delete_stream(&name).await;
+                    }
+                })
                 .await;
             });
         });

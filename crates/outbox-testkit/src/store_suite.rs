@@ -267,6 +267,35 @@ pub async fn dead_letter_unblocks_its_key<H: StoreHarness>(h: H) {
     );
 }
 
+/// A scheduled message is not claimed before it is due, holds back the later messages of its
+/// key until then, and is claimed in order afterwards.
+pub async fn scheduled_message_waits_and_holds_its_key<H: StoreHarness>(h: H) {
+    let scheduled = Message::builder("conformance.store")
+        .key("a")
+        .delay(Duration::from_millis(400))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seqs = h
+        .enqueue(&[scheduled, message(Some("a"), 2), message(Some("b"), 3)])
+        .await;
+    let store = h.store();
+    assert_eq!(claim_all(&store, &[]).await, vec![seqs[2]]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let claimed = claim_all(&store, &[]).await;
+        if claimed.len() == 3 {
+            assert_eq!(claimed, seqs);
+            break;
+        }
+        assert_eq!(claimed, vec![seqs[2]], "nothing of key a before it is due");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "scheduled message never became due"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The relay moves everything through this store: each message once, per-key order kept, the
 /// outbox empty afterwards.
 pub async fn relays_everything_in_key_order<H: StoreHarness>(h: H) {
@@ -335,6 +364,7 @@ macro_rules! store_conformance {
             complete_removes_for_good,
             retry_blocks_its_key_until_due,
             dead_letter_unblocks_its_key,
+            scheduled_message_waits_and_holds_its_key,
             relays_everything_in_key_order,
         );
     };
