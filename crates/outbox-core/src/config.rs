@@ -44,6 +44,25 @@ pub struct RelayConfig {
     pub reconnect_base: Duration,
     /// Longest delay between reconnection attempts. Default: 5 s.
     pub reconnect_max: Duration,
+    /// How strictly messages of one key are kept in order. Default: [`KeyOrder::Strict`].
+    pub key_order: KeyOrder,
+}
+
+/// How the relay orders the messages of one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyOrder {
+    /// The next message of a key is published only after the previous one was acknowledged, so
+    /// the broker stores them in order even when publishes fail and are retried. Throughput per
+    /// key is one broker round trip per message; different keys go out concurrently.
+    #[default]
+    Strict,
+    /// Messages of a key are sent in order without waiting for each acknowledgement. While
+    /// nothing fails, a broker that keeps the order of one connection (NATS does) stores them in
+    /// order. What it gives up: when a message fails, the later messages of its key that were
+    /// already sent are not recalled, so they can be stored before the failed message's retry.
+    /// Choose it when a hot key's throughput matters more than its order under failure.
+    Pipelined,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +77,7 @@ impl Default for RelayConfig {
             retry_max: Duration::from_secs(60),
             reconnect_base: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(5),
+            key_order: KeyOrder::Strict,
         }
     }
 }
@@ -131,6 +151,8 @@ setters! {
     reconnect_base: Duration;
     /// See [`RelayConfig::reconnect_max`].
     reconnect_max: Duration;
+    /// See [`RelayConfig::key_order`].
+    key_order: KeyOrder;
 }
 
 impl RelayConfigBuilder {
@@ -157,6 +179,7 @@ mod tests {
         assert_eq!(c.retry_max, Duration::from_secs(60));
         assert_eq!(c.reconnect_base, Duration::from_millis(250));
         assert_eq!(c.reconnect_max, Duration::from_secs(5));
+        assert_eq!(c.key_order, KeyOrder::Strict);
         c.validate().unwrap();
     }
 

@@ -65,7 +65,7 @@ pub mod relay;
 pub mod store;
 
 pub use broker::{Ack, Broker, PendingAck};
-pub use config::{RelayConfig, RelayConfigBuilder};
+pub use config::{KeyOrder, RelayConfig, RelayConfigBuilder};
 pub use elector::{Elector, Leadership, Standalone, Term};
 pub use error::{BoxError, Error};
 pub use message::{Headers, Message, MessageBuilder, Schedule};

@@ -303,3 +303,34 @@ async fn shutdown_is_prompt_and_loses_nothing() {
     relay.stop().await;
     assert_all_once_in_key_order(&sent, &broker.published());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_keys_keep_order_without_failures_and_lose_nothing_with_them() {
+    let mut config = fast_config();
+    config.key_order = outbox_core::KeyOrder::Pipelined;
+
+    let store = MemoryStore::new();
+    let broker = MemoryBroker::new();
+    let sent = messages(2000, 4);
+    for m in &sent {
+        store.enqueue(m.clone());
+    }
+    let relay = start(store.clone(), broker.clone(), Standalone, config.clone());
+    until_empty(&store).await;
+    relay.stop().await;
+    assert_all_once_in_key_order(&sent, &broker.published());
+
+    // Under failures, order may break, but every message is still published once.
+    let store = MemoryStore::new();
+    let broker = FaultyBroker::new(MemoryBroker::new());
+    broker.fail_ratio(0.2);
+    for m in &sent {
+        store.enqueue(m.clone());
+    }
+    let relay = start(store.clone(), broker.clone(), Standalone, config);
+    until_empty(&store).await;
+    relay.stop().await;
+    let published = broker.inner().published();
+    assert_eq!(published.len(), sent.len());
+    assert!(store.dead_letters().is_empty());
+}

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Backoff, retry_delay};
 use crate::{
-    Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, Leadership, RelayConfig,
-    Store,
+    Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, KeyOrder, Leadership,
+    RelayConfig, Store,
 };
 
 /// Why a term ended.
@@ -185,7 +185,13 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             return;
         }
         self.held.insert(claimed.seq);
-        match claimed.message.key() {
+        let key = match self.config.key_order {
+            KeyOrder::Strict => claimed.message.key(),
+            // Pipelined: nothing waits behind its key; the blocked set still stops a key after
+            // a failure.
+            _ => None,
+        };
+        match key {
             Some(key) => match self.keys.get_mut(key) {
                 Some(waiting) => waiting.push_back(claimed),
                 None => {
