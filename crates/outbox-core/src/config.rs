@@ -46,6 +46,9 @@ pub struct RelayConfig {
     pub reconnect_max: Duration,
     /// How strictly messages of one key are kept in order. Default: [`KeyOrder::Strict`].
     pub key_order: KeyOrder,
+    /// How often a leading relay samples the store's backlog for the `outbox_pending_messages`
+    /// and `outbox_lag_seconds` gauges. Default: 5 s.
+    pub backlog_interval: Duration,
 }
 
 /// How the relay orders the messages of one key.
@@ -78,6 +81,7 @@ impl Default for RelayConfig {
             reconnect_base: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(5),
             key_order: KeyOrder::Strict,
+            backlog_interval: Duration::from_secs(5),
         }
     }
 }
@@ -105,6 +109,9 @@ impl RelayConfig {
         }
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
             return fail("retry_base must be positive and at most retry_max");
+        }
+        if self.backlog_interval.is_zero() {
+            return fail("backlog_interval must be positive");
         }
         if self.reconnect_base.is_zero() || self.reconnect_max < self.reconnect_base {
             return fail("reconnect_base must be positive and at most reconnect_max");
@@ -153,6 +160,8 @@ setters! {
     reconnect_max: Duration;
     /// See [`RelayConfig::key_order`].
     key_order: KeyOrder;
+    /// See [`RelayConfig::backlog_interval`].
+    backlog_interval: Duration;
 }
 
 impl RelayConfigBuilder {
@@ -180,6 +189,7 @@ mod tests {
         assert_eq!(c.reconnect_base, Duration::from_millis(250));
         assert_eq!(c.reconnect_max, Duration::from_secs(5));
         assert_eq!(c.key_order, KeyOrder::Strict);
+        assert_eq!(c.backlog_interval, Duration::from_secs(5));
         c.validate().unwrap();
     }
 

@@ -15,6 +15,7 @@
 //! | [`relay`] | the [`Relay`] loop and its [`RelayState`] |
 //! | [`config`] | [`RelayConfig`] and its builder |
 //! | [`error`] | [`Error`], which says whether a failure is worth retrying |
+//! | [`telemetry`] | the `outbox_*` metrics the relay records through the `metrics` facade |
 //! | `memory` | in-memory store, broker and elector (feature `memory`) |
 //!
 //! # Features
@@ -63,6 +64,7 @@ pub mod memory;
 pub mod message;
 pub mod relay;
 pub mod store;
+pub mod telemetry;
 
 pub use broker::{Ack, Broker, PendingAck};
 pub use config::{KeyOrder, RelayConfig, RelayConfigBuilder};
@@ -70,7 +72,7 @@ pub use elector::{Elector, Leadership, Standalone, Term};
 pub use error::{BoxError, Error};
 pub use message::{Headers, Message, MessageBuilder, Schedule};
 pub use relay::{Relay, RelayState};
-pub use store::{ClaimRequest, Claimed, Failure, FailureAction, Store};
+pub use store::{Backlog, ClaimRequest, Claimed, Failure, FailureAction, Store};
 
 /// Re-exported so that backends and users name the same cancellation token type.
 pub use tokio_util::sync::CancellationToken;

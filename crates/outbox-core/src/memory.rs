@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
-    Ack, Broker, ClaimRequest, Claimed, Elector, Error, Failure, FailureAction, Leadership,
-    Message, PendingAck, Schedule, Store, Term,
+    Ack, Backlog, Broker, ClaimRequest, Claimed, Elector, Error, Failure, FailureAction,
+    Leadership, Message, PendingAck, Schedule, Store, Term,
 };
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,6 +265,19 @@ impl Store for MemoryStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.work.notified()).await;
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, Error> {
+        let now = Instant::now();
+        let state = lock(&self.inner.state);
+        let oldest_due = state
+            .rows
+            .values()
+            .filter(|row| row.available_at <= now)
+            .map(|row| row.available_at)
+            .min();
+        let lag = oldest_due.map_or(Duration::ZERO, |at| now - at);
+        Ok(Some(Backlog::new(state.rows.len() as u64, lag)))
     }
 }
 

@@ -17,6 +17,23 @@ pub struct Claimed {
     pub message: Message,
 }
 
+/// A snapshot of a store's backlog.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// Messages in the outbox, due or not.
+    pub pending: u64,
+    /// Age of the oldest due message; zero when none is due.
+    pub lag: Duration,
+}
+
+impl Backlog {
+    /// A snapshot.
+    pub fn new(pending: u64, lag: Duration) -> Self {
+        Self { pending, lag }
+    }
+}
+
 /// What [`Store::claim`] should return.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -87,6 +104,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records failed publishes: reschedules or dead-letters each message.
     async fn fail(&self, failures: &[Failure]) -> Result<(), Error>;
+
+    /// How many messages wait, and how long the oldest due one has waited; `None` when the
+    /// store cannot tell cheaply. Sampled by the relay for the `outbox_pending_messages` and
+    /// `outbox_lag_seconds` gauges. The default returns `None`.
+    async fn backlog(&self) -> Result<Option<Backlog>, Error> {
+        Ok(None)
+    }
 
     /// Waits until new messages may be due, or until `timeout` passed.
     ///

@@ -296,6 +296,34 @@ pub async fn scheduled_message_waits_and_holds_its_key<H: StoreHarness>(h: H) {
     }
 }
 
+/// The backlog, where the store reports one, counts what waits and how late the oldest due
+/// message is; both return to zero once everything is completed.
+pub async fn backlog_counts_pending_and_lag<H: StoreHarness>(h: H) {
+    let store = h.store();
+    let seqs = h.enqueue(&[message(Some("a"), 1), message(None, 2)]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let Some(backlog) = store
+        .backlog()
+        .await
+        .unwrap_or_else(|e| panic!("backlog: {e}"))
+    else {
+        return;
+    };
+    assert_eq!(backlog.pending, 2);
+    assert!(backlog.lag >= Duration::from_millis(10), "{backlog:?}");
+    store
+        .complete(&seqs)
+        .await
+        .unwrap_or_else(|e| panic!("complete: {e}"));
+    let backlog = store
+        .backlog()
+        .await
+        .unwrap_or_else(|e| panic!("backlog: {e}"))
+        .unwrap_or_else(|| panic!("backlog went away"));
+    assert_eq!(backlog.pending, 0);
+    assert_eq!(backlog.lag, Duration::ZERO);
+}
+
 /// The relay moves everything through this store: each message once, per-key order kept, the
 /// outbox empty afterwards.
 pub async fn relays_everything_in_key_order<H: StoreHarness>(h: H) {
@@ -365,6 +393,7 @@ macro_rules! store_conformance {
             retry_blocks_its_key_until_due,
             dead_letter_unblocks_its_key,
             scheduled_message_waits_and_holds_its_key,
+            backlog_counts_pending_and_lag,
             relays_everything_in_key_order,
         );
     };

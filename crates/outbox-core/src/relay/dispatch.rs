@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Backoff, retry_delay};
+use crate::telemetry;
 use crate::{
     Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, KeyOrder, Leadership,
     RelayConfig, Store,
@@ -24,7 +26,9 @@ pub(crate) enum TermEnd {
     Failed(Error),
 }
 
-type AckFuture = BoxFuture<'static, (Claimed, Result<Ack, Error>)>;
+/// A message in flight, when it was sent, and its acknowledgement.
+type Done = (Claimed, Instant, Result<Ack, Error>);
+type AckFuture = BoxFuture<'static, Done>;
 
 /// The relay's working memory during one term.
 pub(crate) struct Dispatcher<'a, S, B> {
@@ -81,9 +85,14 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         shutdown: &CancellationToken,
     ) -> TermEnd {
         let mut exclude = Vec::new();
+        let mut sampled: Option<Instant> = None;
         loop {
             if let Err(error) = self.settle().await {
                 return TermEnd::Failed(error);
+            }
+            if sampled.is_none_or(|at| at.elapsed() >= self.config.backlog_interval) {
+                sampled = Some(Instant::now());
+                sample_backlog(self.store).await;
             }
             if leadership.is_lost() {
                 return TermEnd::Lost;
@@ -120,6 +129,9 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                     Err(error) => return TermEnd::Failed(error),
                 };
                 tracing::trace!(claimed = batch.len(), "claimed batch");
+                if !batch.is_empty() {
+                    telemetry::claimed(batch.len());
+                }
                 more_waiting = batch.len() == limit;
                 for claimed in batch {
                     self.dispatch(claimed).await;
@@ -165,6 +177,7 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 first_error = %self.failed[0].error,
                 "publishes failed"
             );
+            telemetry::settled_failures(self.failed.len() - dead, dead);
             self.store.fail(&self.failed).await?;
             for failure in self.failed.drain(..) {
                 self.held.remove(&failure.seq);
@@ -205,16 +218,19 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
 
     async fn publish(&mut self, claimed: Claimed) {
         match self.broker.publish(&claimed.message).await {
-            Ok(pending) => self
-                .in_flight
-                .push(async move { (claimed, pending.await) }.boxed()),
+            Ok(pending) => {
+                let sent = Instant::now();
+                self.in_flight
+                    .push(async move { (claimed, sent, pending.await) }.boxed());
+            }
             Err(error) => self.fail(claimed, error),
         }
     }
 
-    async fn on_ack(&mut self, (claimed, result): (Claimed, Result<Ack, Error>)) {
+    async fn on_ack(&mut self, (claimed, sent, result): Done) {
         match result {
             Ok(ack) => {
+                telemetry::acknowledged(ack.duplicate, sent.elapsed());
                 if matches!(self.health, BrokerHealth::Down) {
                     tracing::info!("broker available again; publishing resumed");
                     self.health = BrokerHealth::Up;
@@ -256,6 +272,7 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
     }
 
     fn fail(&mut self, claimed: Claimed, error: Error) {
+        telemetry::failed(&error);
         if let Some(key) = claimed.message.key() {
             self.release(key);
             self.blocked.insert(key.to_owned());
@@ -338,5 +355,14 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             tracing::warn!(%error, "could not record the last acknowledgements; they will be published again");
         }
         TermEnd::Shutdown
+    }
+}
+
+/// Updates the backlog gauges. Takes the store alone: the dispatcher is not `Sync`.
+async fn sample_backlog<S: Store>(store: &S) {
+    match store.backlog().await {
+        Ok(Some(backlog)) => telemetry::backlog(backlog.pending, backlog.lag),
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%error, "could not sample the backlog"),
     }
 }

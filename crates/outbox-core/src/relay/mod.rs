@@ -82,6 +82,7 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
     /// A relay over `store`, `broker` and `elector`; fails if `config` is invalid.
     pub fn new(store: S, broker: B, elector: E, config: RelayConfig) -> Result<Self, Error> {
         config.validate()?;
+        crate::telemetry::describe();
         Ok(Self {
             store,
             broker,
@@ -120,11 +121,13 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
                 }
             };
             self.state.send_replace(RelayState::Leading);
+            crate::telemetry::leading(true);
             tracing::info!("became leader; relaying");
             let end = Dispatcher::new(&self.store, &self.broker, &self.config)
                 .run(&leadership, &shutdown)
                 .await;
             drop(leadership);
+            crate::telemetry::leading(false);
             self.state.send_replace(RelayState::Campaigning);
             match end {
                 TermEnd::Shutdown => break,
