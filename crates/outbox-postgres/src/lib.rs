@@ -86,7 +86,7 @@ mod sql;
 pub mod store;
 
 pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{BulkProgress, DeadLetter, DeadLetterFilter};
 pub use elector::PgElector;
 pub use error::Error;
 pub use executor::Executor;

@@ -103,6 +103,13 @@ WHERE m.available_at <= now()
 ORDER BY m.seq
 LIMIT $2";
 
+// One scan for both figures; sampled every few seconds by a leading relay.
+const BACKLOG: &str = "\
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE available_at <= now())),
+                0)::float8 AS lag_seconds
+FROM {schema}.messages";
+
 const COMPLETE: &str = "DELETE FROM {schema}.messages WHERE seq = ANY($1::bigint[])";
 
 // One statement, so rescheduling and dead-lettering a batch is atomic without an explicit
@@ -152,6 +159,71 @@ const PURGE_DEAD_LETTERS: &str = "DELETE FROM {schema}.dead_letters WHERE id = A
 
 const PURGE_DEAD_LETTERS_BEFORE: &str = "DELETE FROM {schema}.dead_letters WHERE failed_at < $1";
 
+/// The `WHERE` condition of a `DeadLetterFilter`, spliced in as `{filter}`: `$1` ids, `$2`
+/// subject, `$3` key, `$4` minimum age in microseconds; a NULL parameter matches everything.
+/// Statements are sent unnamed, so each is planned with its values and the NULL tests fold away.
+const DEAD_LETTER_FILTER: &str = "\
+($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
+  AND ($2::text IS NULL OR subject = $2::text)
+  AND ($3::text IS NULL OR key = $3::text)
+  AND ($4::bigint IS NULL OR failed_at < now() - $4::bigint * interval '1 microsecond')";
+
+const LIST_DEAD_LETTERS_MATCHING: &str = "\
+SELECT seq, attempts, id, subject, key, payload, headers, created_at, error, failed_at
+FROM {schema}.dead_letters
+WHERE {filter}
+ORDER BY failed_at, seq
+LIMIT $5 OFFSET $6";
+
+const COUNT_DEAD_LETTERS_MATCHING: &str =
+    "SELECT count(*) FROM {schema}.dead_letters WHERE {filter}";
+
+/// The newest dead letter when a bulk operation starts: it works on seqs up to this one only,
+/// so messages it replays that fail again (new seqs, always higher) are not picked up again.
+const LAST_DEAD_LETTER_SEQ: &str = "SELECT max(seq) AS seq FROM {schema}.dead_letters";
+
+// One batch of a bulk replay, in one statement (so atomic): the next `$7` matching dead letters
+// after seq `$5` up to seq `$6`, in seq order. Those whose id is still in the outbox stay where
+// they are (counted as matched, not done). Reinserted in seq order, so the new seqs keep the
+// original order of each key.
+const REPLAY_DEAD_LETTER_BATCH: &str = "\
+WITH picked AS (
+    SELECT seq FROM {schema}.dead_letters
+    WHERE {filter} AND seq > $5 AND seq <= $6
+    ORDER BY seq
+    LIMIT $7
+), moved AS (
+    DELETE FROM {schema}.dead_letters d
+    USING picked p
+    WHERE d.seq = p.seq
+      AND NOT EXISTS (SELECT 1 FROM {schema}.messages m WHERE m.id = d.id)
+    RETURNING d.seq, d.id, d.subject, d.key, d.payload, d.headers, d.created_at
+), inserted AS (
+    INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
+    SELECT id, subject, key, payload, headers, created_at FROM moved ORDER BY seq
+    RETURNING seq
+)
+SELECT (SELECT count(*) FROM picked) AS matched,
+       (SELECT max(seq) FROM picked) AS last_seq,
+       (SELECT count(*) FROM inserted) AS done";
+
+// One batch of a bulk purge; same selection as a replay batch.
+const PURGE_DEAD_LETTER_BATCH: &str = "\
+WITH picked AS (
+    SELECT seq FROM {schema}.dead_letters
+    WHERE {filter} AND seq > $5 AND seq <= $6
+    ORDER BY seq
+    LIMIT $7
+), gone AS (
+    DELETE FROM {schema}.dead_letters d
+    USING picked p
+    WHERE d.seq = p.seq
+    RETURNING d.seq
+)
+SELECT (SELECT count(*) FROM picked) AS matched,
+       (SELECT max(seq) FROM picked) AS last_seq,
+       (SELECT count(*) FROM gone) AS done";
+
 /// The statements of one schema, rendered once.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -163,12 +235,18 @@ pub(crate) struct Sql {
     pub(crate) listen: String,
     pub(crate) claim: String,
     pub(crate) complete: String,
+    pub(crate) backlog: String,
     pub(crate) fail: String,
     pub(crate) list_dead_letters: String,
     pub(crate) count_dead_letters: String,
     pub(crate) replay_dead_letters: String,
     pub(crate) purge_dead_letters: String,
     pub(crate) purge_dead_letters_before: String,
+    pub(crate) list_dead_letters_matching: String,
+    pub(crate) count_dead_letters_matching: String,
+    pub(crate) last_dead_letter_seq: String,
+    pub(crate) replay_dead_letter_batch: String,
+    pub(crate) purge_dead_letter_batch: String,
     schema: String,
 }
 
@@ -176,7 +254,11 @@ impl Sql {
     /// Renders every statement for `schema` (already validated) and notification `channel`.
     pub(crate) fn render(schema: &str, channel: &str) -> Sql {
         let schema = quote_ident(schema);
-        let r = |template: &str| template.replace("{schema}", &schema);
+        let r = |template: &str| {
+            template
+                .replace("{filter}", DEAD_LETTER_FILTER)
+                .replace("{schema}", &schema)
+        };
         Sql {
             bootstrap: r(BOOTSTRAP),
             applied_versions: r(APPLIED_VERSIONS),
@@ -186,12 +268,18 @@ impl Sql {
             listen: LISTEN.replace("{channel}", &quote_ident(channel)),
             claim: r(CLAIM),
             complete: r(COMPLETE),
+            backlog: r(BACKLOG),
             fail: r(FAIL),
             list_dead_letters: r(LIST_DEAD_LETTERS),
             count_dead_letters: r(COUNT_DEAD_LETTERS),
             replay_dead_letters: r(REPLAY_DEAD_LETTERS),
             purge_dead_letters: r(PURGE_DEAD_LETTERS),
             purge_dead_letters_before: r(PURGE_DEAD_LETTERS_BEFORE),
+            list_dead_letters_matching: r(LIST_DEAD_LETTERS_MATCHING),
+            count_dead_letters_matching: r(COUNT_DEAD_LETTERS_MATCHING),
+            last_dead_letter_seq: r(LAST_DEAD_LETTER_SEQ),
+            replay_dead_letter_batch: r(REPLAY_DEAD_LETTER_BATCH),
+            purge_dead_letter_batch: r(PURGE_DEAD_LETTER_BATCH),
             schema,
         }
     }
@@ -221,6 +309,10 @@ mod tests {
             &sql.fail,
             &sql.enqueue_batch,
             &sql.replay_dead_letters,
+            &sql.list_dead_letters_matching,
+            &sql.count_dead_letters_matching,
+            &sql.replay_dead_letter_batch,
+            &sql.purge_dead_letter_batch,
             &sql.listen,
         ] {
             assert!(!text.contains('{'), "{text}");

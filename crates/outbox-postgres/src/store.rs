@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{ClaimRequest, Claimed, Failure, FailureAction, Leadership, Store, Term};
+use outbox_core::{
+    Backlog, ClaimRequest, Claimed, Failure, FailureAction, Leadership, Store, Term,
+};
 
 use crate::listen::Listener;
 use crate::outbox::{attempts_from_row, column, message_from_row};
@@ -343,6 +345,21 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.on_error(&session, Error::query("fail")(e)))?;
         Ok(())
+    }
+
+    async fn backlog(&self) -> Result<Option<Backlog>, outbox_core::Error> {
+        let session = self.working_session().await?;
+        let row = session
+            .client
+            .query_one(&self.inner.outbox.sql().backlog, &[])
+            .await
+            .map_err(|e| self.on_error(&session, Error::query("backlog")(e)))?;
+        let pending: i64 = column(&row, "pending", "backlog")?;
+        let lag: f64 = column(&row, "lag_seconds", "backlog")?;
+        Ok(Some(Backlog::new(
+            u64::try_from(pending).unwrap_or(0),
+            Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),
+        )))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
