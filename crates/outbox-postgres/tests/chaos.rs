@@ -6,226 +6,27 @@
 //! in the stream exactly once (distinct `Nats-Msg-Id` = count), messages of a key in enqueue
 //! order, the outbox empty, and no dead letter unless one is expected.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{
-    Broker, CancellationToken, Elector, Message, PendingAck, Relay, RelayConfig, RelayState, Store,
-};
+use outbox_core::{Broker, Elector, Message, PendingAck, RelayConfig, RelayState, Store};
 use outbox_nats::{JetStreamConfig, JetStreamPublisher};
-use outbox_postgres::{PgConfig, PgConfigBuilder, PgOutbox, PgStore, WakeUp};
-use outbox_testkit::{FaultyBroker, NatsServer, Received, TestDatabase, TestNats};
-use tokio::sync::watch;
+use outbox_postgres::WakeUp;
+use outbox_testkit::{
+    FaultyBroker, NatsServer, RelayTask, TestNats, assert_exactly_once_in_key_order,
+};
 use tokio::time::Instant;
 
-/// Upper bound of every wait: generous for a loaded CI machine, reached only by a failing test.
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Fixture {
-    db: TestDatabase,
-    nats: TestNats,
-    outbox: PgOutbox,
-    client: tokio_postgres::Client,
-}
-
-impl Fixture {
-    async fn new() -> Self {
-        Self::with(TestNats::new().await, |b| b).await
-    }
-
-    async fn with(nats: TestNats, tweak: impl FnOnce(PgConfigBuilder) -> PgConfigBuilder) -> Self {
-        let db = TestDatabase::new().await;
-        let config = tweak(PgConfig::builder().schema(db.schema()))
-            .build()
-            .unwrap();
-        let outbox = PgOutbox::new(config).unwrap();
-        let client = db.connect().await;
-        outbox.migrate(&client).await.unwrap();
-        Fixture {
-            db,
-            nats,
-            outbox,
-            client,
-        }
-    }
-
-    fn message(&self, key: &str, n: usize) -> Message {
-        Message::builder(self.nats.subject("orders"))
-            .key(key)
-            .json(&serde_json::json!({ "key": key, "n": n }))
-            .unwrap()
-            .build()
-            .unwrap()
-    }
-
-    /// `n` messages over `keys` keys (`key-0` …), enqueued in committed batches of 500.
-    async fn enqueue_many(&mut self, n: usize, keys: usize) -> Vec<Message> {
-        let sent: Vec<Message> = (0..n)
-            .map(|i| self.message(&format!("key-{}", i % keys), i))
-            .collect();
-        self.enqueue(&sent).await;
-        sent
-    }
-
-    async fn enqueue(&mut self, messages: &[Message]) {
-        for chunk in messages.chunks(500) {
-            let tx = self.client.transaction().await.unwrap();
-            self.outbox.enqueue_batch(&tx, chunk).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-    }
-
-    fn store(&self) -> PgStore {
-        PgStore::new(&self.outbox, self.db.pg_config())
-    }
-
-    fn publisher(&self) -> JetStreamPublisher {
-        JetStreamPublisher::new(self.nats.client())
-    }
-
-    fn sql(&self, template: &str) -> String {
-        template.replace("{schema}", self.db.schema())
-    }
-
-    async fn scalar(&self, template: &str) -> i64 {
-        let sql = self.sql(template);
-        self.client
-            .query_one(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
-    }
-
-    async fn pending(&self) -> i64 {
-        self.scalar("SELECT count(*) FROM {schema}.messages").await
-    }
-
-    async fn dead_letters(&self) -> i64 {
-        self.scalar("SELECT count(*) FROM {schema}.dead_letters")
-            .await
-    }
-
-    /// Waits until the outbox is empty.
-    async fn until_empty(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let pending = self.pending().await;
-            if pending == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{pending} messages still pending"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until the stream holds at least `n` messages. Read errors (a broker coming back)
-    /// count as "not yet".
-    async fn until_stream_has(&self, n: u64) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let len = stream_len(&self.nats).await.unwrap_or(0);
-            if len >= n {
-                return len;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the stream holds {len} of {n} messages"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The stream holds exactly the messages `sent`, each once, in order per key.
-    async fn assert_stream_holds(&self, sent: &[Message]) {
-        let got = self.nats.wait_for_stream(sent.len(), WAIT).await;
-        assert_exactly_once_in_key_order(sent, &got);
-    }
-}
-
-/// The number of messages in the fixture's stream, or `None` while the server does not answer.
-async fn stream_len(nats: &TestNats) -> Option<u64> {
-    let mut stream = nats.jetstream().get_stream(nats.stream_name()).await.ok()?;
-    Some(stream.info().await.ok()?.state.messages)
-}
-
-/// `got` holds every message of `sent` exactly once, nothing else, and each key's messages in
-/// the order of `sent`.
-fn assert_exactly_once_in_key_order(sent: &[Message], got: &[Received]) {
-    let position: HashMap<String, usize> = sent
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id().to_string(), i))
-        .collect();
-    let ids: HashSet<&str> = got
-        .iter()
-        .map(|r| r.msg_id().expect("Nats-Msg-Id header"))
-        .collect();
-    assert_eq!(ids.len(), got.len(), "duplicates in the stream");
-    assert_eq!(got.len(), sent.len(), "stream length");
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for r in got {
-        let id = r.msg_id().expect("Nats-Msg-Id header");
-        let pos = *position
-            .get(id)
-            .unwrap_or_else(|| panic!("unknown message {id} in the stream"));
-        let key = r.key().expect("Outbox-Key header");
-        assert_eq!(Some(key), sent[pos].key());
-        assert_eq!(r.payload, sent[pos].payload(), "payload of {id}");
-        if let Some(prev) = last.insert(key, pos) {
-            assert!(prev < pos, "key {key}: message {pos} stored after {prev}");
-        }
-    }
-}
-
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    state: watch::Receiver<RelayState>,
-}
+mod common;
+use common::{Fixture, WAIT, stream_len};
 
 fn start<S: Store, B: Broker, E: Elector>(
     store: S,
     broker: B,
     elector: E,
     config: RelayConfig,
-) -> Running {
-    let relay = Relay::new(store, broker, elector, config).unwrap();
-    let state = relay.state();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    Running {
-        shutdown,
-        task,
-        state,
-    }
-}
-
-impl Running {
-    /// Cancels the relay and returns how long `run` took to return.
-    async fn stop(self) -> Duration {
-        let asked = Instant::now();
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the relay stops")
-            .unwrap();
-        asked.elapsed()
-    }
-
-    async fn until_leading(&mut self) {
-        tokio::time::timeout(WAIT, self.state.wait_for(|s| s.is_leading()))
-            .await
-            .expect("the relay leads")
-            .unwrap();
-    }
-
-    fn state(&self) -> RelayState {
-        *self.state.borrow()
-    }
+) -> RelayTask {
+    RelayTask::start(store, broker, elector, config)
 }
 
 /// A relay window narrow enough that a fault lands in the middle of the stream.
@@ -259,7 +60,7 @@ async fn broker_killed_for_five_seconds_mid_stream_loses_and_duplicates_nothing(
         .unwrap();
     let store = f.store();
     let mut relay = start(store.clone(), publisher, store.elector(), config);
-    relay.until_leading().await;
+    relay.until_leading(WAIT).await;
 
     let before = f.until_stream_has(5_000 / 3).await;
     assert!(before < 5_000, "the stream was complete before the kill");

@@ -1,127 +1,15 @@
 //! PostgreSQL → relay → NATS JetStream, end to end, against the real services.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use outbox_core::{
-    CancellationToken, Elector, Message, Relay, RelayConfig, RelayState, Standalone, Store,
-};
+use outbox_core::{Elector, Message, RelayConfig, RelayState, Standalone, Store};
 use outbox_nats::JetStreamPublisher;
-use outbox_postgres::{PgConfig, PgOutbox, PgStore};
-use outbox_testkit::{FaultyStore, Received, TestDatabase, TestNats};
-use tokio::sync::watch;
+use outbox_testkit::{FaultyStore, RelayTask};
 
-const WAIT: Duration = Duration::from_secs(60);
+mod common;
+use common::{Fixture, WAIT};
 
-struct Setup {
-    db: TestDatabase,
-    nats: TestNats,
-    outbox: PgOutbox,
-    client: tokio_postgres::Client,
-}
-
-async fn setup() -> Setup {
-    let db = TestDatabase::new().await;
-    let nats = TestNats::new().await;
-    let outbox = PgOutbox::new(PgConfig::builder().schema(db.schema()).build().unwrap()).unwrap();
-    let client = db.connect().await;
-    outbox.migrate(&client).await.unwrap();
-    Setup {
-        db,
-        nats,
-        outbox,
-        client,
-    }
-}
-
-impl Setup {
-    fn message(&self, key: &str, n: usize) -> Message {
-        Message::builder(self.nats.subject("orders"))
-            .key(key)
-            .json(&serde_json::json!({ "key": key, "n": n }))
-            .unwrap()
-            .build()
-            .unwrap()
-    }
-
-    /// `n` messages over `keys` keys, enqueued in committed batches of 500.
-    async fn enqueue_many(&mut self, n: usize, keys: usize) -> Vec<Message> {
-        let sent: Vec<Message> = (0..n)
-            .map(|i| self.message(&format!("key-{}", i % keys), i))
-            .collect();
-        for chunk in sent.chunks(500) {
-            let tx = self.client.transaction().await.unwrap();
-            self.outbox.enqueue_batch(&tx, chunk).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-        sent
-    }
-
-    fn store(&self) -> PgStore {
-        PgStore::new(&self.outbox, self.db.pg_config())
-    }
-
-    fn publisher(&self) -> JetStreamPublisher {
-        JetStreamPublisher::new(self.nats.client())
-    }
-
-    async fn pending(&self) -> i64 {
-        let sql = format!("SELECT count(*) FROM {}.messages", self.db.schema());
-        self.client.query_one(&sql, &[]).await.unwrap().get(0)
-    }
-
-    async fn until_empty(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let pending = self.pending().await;
-            if pending == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{pending} messages still pending"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The stream holds exactly the messages `sent`, each once, in order per key.
-    async fn assert_stream_holds(&self, sent: &[Message]) {
-        let got = self.nats.wait_for_stream(sent.len(), WAIT).await;
-        assert_exactly_once_in_key_order(sent, &got);
-    }
-}
-
-fn assert_exactly_once_in_key_order(sent: &[Message], got: &[Received]) {
-    let position: HashMap<String, usize> = sent
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id().to_string(), i))
-        .collect();
-    let ids: HashSet<&str> = got.iter().filter_map(Received::msg_id).collect();
-    assert_eq!(ids.len(), got.len(), "duplicates in the stream");
-    assert_eq!(got.len(), sent.len(), "stream length");
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for r in got {
-        let id = r.msg_id().expect("Nats-Msg-Id header");
-        let pos = *position
-            .get(id)
-            .unwrap_or_else(|| panic!("unknown message {id}"));
-        let key = r.key().expect("Outbox-Key header");
-        assert_eq!(key, sent[pos].key().unwrap());
-        if let Some(prev) = last.insert(key, pos) {
-            assert!(prev < pos, "key {key}: message {pos} stored after {prev}");
-        }
-    }
-}
-
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    state: watch::Receiver<RelayState>,
-}
-
-fn start<S: Store, E: Elector>(store: S, elector: E, publisher: JetStreamPublisher) -> Running {
+fn start<S: Store, E: Elector>(store: S, elector: E, publisher: JetStreamPublisher) -> RelayTask {
     start_with(store, elector, publisher, RelayConfig::default())
 }
 
@@ -130,38 +18,13 @@ fn start_with<S: Store, E: Elector>(
     elector: E,
     publisher: JetStreamPublisher,
     config: RelayConfig,
-) -> Running {
-    let relay = Relay::new(store, publisher, elector, config).unwrap();
-    let state = relay.state();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    Running {
-        shutdown,
-        task,
-        state,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("relay stops within its grace period")
-            .unwrap();
-    }
-
-    async fn until_leading(&mut self, within: Duration) {
-        tokio::time::timeout(within, self.state.wait_for(|s| s.is_leading()))
-            .await
-            .unwrap_or_else(|_| panic!("not leading within {within:?}"))
-            .unwrap();
-    }
+) -> RelayTask {
+    RelayTask::start(store, publisher, elector, config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_messages_are_published_once_and_rolled_back_ones_never() {
-    let mut s = setup().await;
+    let mut s = Fixture::new().await;
     let committed = s.message("customer-1", 1);
     let rolled_back = s.message("customer-1", 2);
     let tx = s.client.transaction().await.unwrap();
@@ -185,7 +48,7 @@ async fn committed_messages_are_published_once_and_rolled_back_ones_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_over_a_hundred_keys() {
-    let mut s = setup().await;
+    let mut s = Fixture::new().await;
     let sent = s.enqueue_many(10_000, 100).await;
     let store = s.store();
     let relay = start(store.clone(), store.elector(), s.publisher());
@@ -196,7 +59,7 @@ async fn ten_thousand_messages_over_a_hundred_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_between_publish_and_delete_republishes_without_duplicates() {
-    let mut s = setup().await;
+    let mut s = Fixture::new().await;
     let sent = s.enqueue_many(2_000, 20).await;
 
     // The first relay publishes but cannot record acknowledgements, then dies.
@@ -206,8 +69,7 @@ async fn relay_killed_between_publish_and_delete_republishes_without_duplicates(
     // One message per key goes out before the first acknowledgement has to be recorded.
     let published = s.nats.wait_for_stream(20, WAIT).await;
     assert!(published.len() >= 20);
-    first.task.abort();
-    let _ = first.task.await;
+    first.abort().await;
     assert!(faulty.completes_refused() > 0);
     assert_eq!(s.pending().await, 2_000, "nothing was recorded as done");
 
@@ -220,7 +82,7 @@ async fn relay_killed_between_publish_and_delete_republishes_without_duplicates(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_one_leads_and_the_other_takes_over_within_two_seconds() {
-    let mut s = setup().await;
+    let mut s = Fixture::new().await;
     let a_store = s.store();
     let mut a = start(a_store.clone(), a_store.elector(), s.publisher());
     a.until_leading(WAIT).await;
@@ -229,16 +91,11 @@ async fn two_relays_one_leads_and_the_other_takes_over_within_two_seconds() {
 
     let first = s.enqueue_many(500, 10).await;
     s.until_empty().await;
-    assert!(a.state.borrow().is_leading());
-    assert_eq!(
-        *b.state.borrow(),
-        RelayState::Campaigning,
-        "exactly one leads"
-    );
+    assert!(a.state().is_leading());
+    assert_eq!(b.state(), RelayState::Campaigning, "exactly one leads");
 
     // The leader dies without a goodbye: its task and session vanish.
-    a.task.abort();
-    let _ = a.task.await;
+    a.abort().await;
     drop(a_store);
     b.until_leading(Duration::from_secs(2)).await;
 
@@ -251,7 +108,7 @@ async fn two_relays_one_leads_and_the_other_takes_over_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_sessions_stop_the_leader_which_campaigns_again_and_loses_nothing() {
-    let mut s = setup().await;
+    let mut s = Fixture::new().await;
     let sent = s.enqueue_many(6_000, 50).await;
     let store = s.store();
     // A narrow window keeps the relay busy long enough to be interrupted mid-stream.

@@ -17,7 +17,7 @@
 //! # fn main() {}
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,18 +68,7 @@ impl BrokerHarness for MemoryBrokerHarness {
         self.broker
             .published()
             .iter()
-            .map(|m| {
-                let mut headers: BTreeMap<String, String> = m.headers().clone();
-                headers.insert("Nats-Msg-Id".into(), m.id().to_string());
-                if let Some(key) = m.key() {
-                    headers.insert("Outbox-Key".into(), key.to_owned());
-                }
-                Received {
-                    subject: m.subject().to_owned(),
-                    headers,
-                    payload: m.payload().clone(),
-                }
-            })
+            .map(Received::from_message)
             .collect()
     }
 

@@ -5,7 +5,9 @@
 //! | [`TestDatabase`] | a fresh schema name on the PostgreSQL of `DATABASE_URL`, dropped afterwards |
 //! | [`TestNats`] | a fresh JetStream stream and subject prefix on the NATS of `NATS_URL`, deleted afterwards |
 //! | [`NatsServer`] | a `nats-server` child process on a free port, to kill and restart |
-//! | [`FaultyBroker`] | wraps any broker and fails publishes on command |
+//! | [`FaultyBroker`], [`FaultyStore`] | wrap any broker or store and fail on command |
+//! | [`RelayTask`] | a relay running in its own task: start, wait until leading, stop, abort |
+//! | [`assert_exactly_once_in_key_order`] | the check that matters: each message once, per-key order |
 //! | [`memory`] | the in-memory store, broker and election of `outbox-core` |
 //! | [`store_suite`] | every behaviour a [`Store`](outbox_core::Store) must have, as one test each |
 //! | [`broker_suite`] | every behaviour a [`Broker`](outbox_core::Broker) must have, as one test each |
@@ -24,16 +26,20 @@
 #![deny(missing_docs)]
 
 pub mod broker_suite;
+mod check;
 mod database;
 mod faulty;
 mod nats;
 mod received;
+mod relay;
 pub mod store_suite;
 
+pub use check::{assert_exactly_once_in_key_order, assert_published_once_in_key_order};
 pub use database::{DEFAULT_DATABASE_URL, TestDatabase};
 pub use faulty::{FaultyBroker, FaultyStore};
 pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats};
 pub use received::Received;
+pub use relay::RelayTask;
 
 /// The in-memory backend of `outbox-core`, re-exported for tests.
 pub mod memory {

@@ -33,6 +33,21 @@ impl Received {
         }
     }
 
+    /// What a NATS subscriber would receive for `message`: its headers plus `Nats-Msg-Id` and,
+    /// when it has a key, `Outbox-Key`.
+    pub fn from_message(message: &outbox_core::Message) -> Self {
+        let mut headers = message.headers().clone();
+        headers.insert("Nats-Msg-Id".into(), message.id().to_string());
+        if let Some(key) = message.key() {
+            headers.insert("Outbox-Key".into(), key.to_owned());
+        }
+        Self {
+            subject: message.subject().to_owned(),
+            headers,
+            payload: message.payload().clone(),
+        }
+    }
+
     /// The `Nats-Msg-Id` header: the outbox message id.
     pub fn msg_id(&self) -> Option<&str> {
         self.headers.get("Nats-Msg-Id").map(String::as_str)

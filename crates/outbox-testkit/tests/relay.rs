@@ -1,14 +1,10 @@
 //! The relay loop of `outbox-core` under faults, over the in-memory backend.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use outbox_core::{
-    Broker, CancellationToken, Elector, Message, Relay, RelayConfig, RelayState, Standalone, Store,
-};
+use outbox_core::{Broker, Elector, Message, RelayConfig, RelayState, Standalone, Store};
 use outbox_testkit::memory::{MemoryBroker, MemoryElection, MemoryStore};
-use outbox_testkit::{FaultyBroker, FaultyStore};
-use uuid::Uuid;
+use outbox_testkit::{FaultyBroker, FaultyStore, RelayTask, assert_published_once_in_key_order};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -37,37 +33,13 @@ fn fast_config() -> RelayConfig {
         .unwrap()
 }
 
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    state: tokio::sync::watch::Receiver<RelayState>,
-}
-
 fn start<S: Store, B: Broker, E: Elector>(
     store: S,
     broker: B,
     elector: E,
     config: RelayConfig,
-) -> Running {
-    let relay = Relay::new(store, broker, elector, config).unwrap();
-    let state = relay.state();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    Running {
-        shutdown,
-        task,
-        state,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+) -> RelayTask {
+    RelayTask::start(store, broker, elector, config)
 }
 
 async fn until_empty(store: &MemoryStore) {
@@ -80,18 +52,8 @@ async fn until_empty(store: &MemoryStore) {
     .unwrap_or_else(|_| panic!("{} messages still pending", store.pending_len()));
 }
 
-/// Every enqueued message was published once, and messages of a key in enqueue order.
 fn assert_all_once_in_key_order(sent: &[Message], published: &[Message]) {
-    let position: HashMap<Uuid, usize> =
-        sent.iter().enumerate().map(|(i, m)| (m.id(), i)).collect();
-    assert_eq!(published.len(), sent.len(), "published count");
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for m in published {
-        let pos = position[&m.id()];
-        if let Some(prev) = last.insert(m.key().unwrap(), pos) {
-            assert!(prev < pos, "key {:?}: message {pos} after {prev}", m.key());
-        }
-    }
+    assert_published_once_in_key_order(sent, published);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +177,7 @@ async fn crash_between_publish_and_delete_republishes_once() {
     tokio::time::timeout(WAIT, broker.wait_for(20))
         .await
         .unwrap();
-    first.task.abort();
-    let _ = first.task.await;
+    first.abort().await;
     assert!(faulty.completes_refused() > 0);
     assert!(store.pending_len() > 0);
 
@@ -241,10 +202,7 @@ async fn one_relay_leads_and_a_standby_takes_over() {
         election.elector(),
         fast_config(),
     );
-    tokio::time::timeout(WAIT, a.state.wait_for(|s| s.is_leading()))
-        .await
-        .unwrap()
-        .unwrap();
+    a.until_leading(WAIT).await;
     let mut b = start(
         store.clone(),
         broker.clone(),
@@ -252,7 +210,7 @@ async fn one_relay_leads_and_a_standby_takes_over() {
         fast_config(),
     );
     tokio::task::yield_now().await;
-    assert_eq!(*b.state.borrow(), RelayState::Campaigning);
+    assert_eq!(b.state(), RelayState::Campaigning);
 
     let sent = messages(100, 5);
     for m in &sent {
@@ -260,10 +218,7 @@ async fn one_relay_leads_and_a_standby_takes_over() {
     }
     broker.wait_for(100).await;
     a.stop().await;
-    tokio::time::timeout(WAIT, b.state.wait_for(|s| s.is_leading()))
-        .await
-        .unwrap()
-        .unwrap();
+    b.until_leading(WAIT).await;
 
     let more = messages(100, 5);
     for m in &more {
@@ -271,10 +226,7 @@ async fn one_relay_leads_and_a_standby_takes_over() {
     }
     broker.wait_for(200).await;
     election.depose();
-    tokio::time::timeout(WAIT, b.state.wait_for(|s| s.is_leading()))
-        .await
-        .unwrap()
-        .unwrap();
+    b.until_leading(WAIT).await;
     until_empty(&store).await;
     b.stop().await;
     let all: Vec<Message> = sent.into_iter().chain(more).collect();
