@@ -1,52 +1,15 @@
 //! `outbox migrate` and `outbox status`.
 //!
-//! The status queries read the outbox tables and PostgreSQL's own views; they live here, not in
-//! outbox-postgres, because nothing but this report uses them. Ages are computed on the
-//! database's clock.
+//! The figures come from outbox-postgres ([`PgOutbox::status`], [`PgOutbox::leader`]); ages are
+//! computed on the database's clock.
 
-use std::time::SystemTime;
-
-use outbox_postgres::PgConfig;
+use anyhow::Context;
+use outbox_postgres::{LeaderSession, PgConfig, PgOutbox};
 use serde::Serialize;
-use tokio_postgres::{Client, Row};
 
 use crate::cli::Settings;
 use crate::db;
 use crate::output::{self, age, print_json};
-
-const SCHEMA_VERSION: &str = "SELECT max(version) AS version FROM {schema}.schema_migrations";
-
-// One pass over `messages`. `created_at` comes from the producer's clock, so its age is clamped
-// at zero; `available_at` is always written on the database's clock.
-const COUNTS: &str = "\
-SELECT count(*) AS pending,
-       count(*) FILTER (WHERE available_at <= now()) AS due,
-       count(*) FILTER (WHERE attempts > 0) AS retrying,
-       coalesce(greatest(extract(epoch FROM now() - min(created_at)), 0), 0)::float8
-           AS oldest_pending_age,
-       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE available_at <= now())),
-                0)::float8 AS lag,
-       (SELECT count(*) FROM {schema}.dead_letters) AS dead_letters
-FROM {schema}.messages";
-
-/// The sessions holding the leadership lock `$1` in this database. A bigint advisory key is
-/// shown in `pg_locks` as its high 32 bits in `classid`, its low 32 bits in `objid`, and
-/// `objsubid = 1` (outbox-postgres checks its own lock the same way).
-const LEADER: &str = "\
-SELECT a.pid,
-       a.usename::text AS usename,
-       host(a.client_addr) AS client_addr,
-       a.client_port,
-       a.application_name,
-       a.backend_start,
-       greatest(extract(epoch FROM now() - a.backend_start), 0)::float8 AS session_age,
-       a.state
-FROM pg_locks l
-JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND ((l.classid::bigint << 32) | l.objid::bigint) = $1
-ORDER BY a.backend_start";
 
 /// What `outbox migrate --json` prints.
 #[derive(Debug, Serialize)]
@@ -70,7 +33,10 @@ pub(crate) async fn migrate(settings: &Settings) -> anyhow::Result<()> {
             &e as &(dyn std::error::Error + 'static),
         )
     })?;
-    let version = schema_version(&client, &settings.schema).await?;
+    let version = outbox
+        .schema_version(&client)
+        .await
+        .map_err(|e| query_failed("reading the schema version", &settings.schema, &e))?;
     let report = Migrated {
         schema: &settings.schema,
         applied,
@@ -104,20 +70,20 @@ struct Status {
     /// The latest applied migration.
     schema_version: Option<i32>,
     /// Messages in the outbox (not yet acknowledged by the broker).
-    pending: i64,
+    pending: u64,
     /// Of those, due now.
-    due: i64,
+    due: u64,
     /// Of those, not due yet: scheduled for later, or waiting for a retry.
-    not_due: i64,
+    not_due: u64,
     /// Messages that failed at least once and wait for (or are in) their next attempt.
-    retrying: i64,
+    retrying: u64,
     /// Seconds since the oldest pending message was created.
     oldest_pending_age_seconds: f64,
     /// Seconds the oldest due message has been due: how far behind the relay is (0 when
     /// nothing is due).
     lag_seconds: f64,
     /// Messages given up on.
-    dead_letters: i64,
+    dead_letters: u64,
     /// The advisory lock key the leader holds.
     lock_id: i64,
     /// The session holding it, if any.
@@ -142,37 +108,9 @@ struct Leader {
 
 /// `outbox status`.
 pub(crate) async fn status(settings: &Settings, lock_id: Option<i64>) -> anyhow::Result<()> {
-    let schema = &settings.schema;
-    let lock_id = lock_id.unwrap_or_else(|| PgConfig::default_lock_id(schema));
+    let outbox = outbox(settings, lock_id)?;
     let client = db::connect(settings).await?;
-    let schema_version = schema_version(&client, schema).await?;
-    let counts = client
-        .query_one(&render(COUNTS, schema), &[])
-        .await
-        .map_err(|e| query_failed("reading the outbox", schema, &e))?;
-    let leaders = client
-        .query(LEADER, &[&lock_id])
-        .await
-        .map_err(|e| query_failed("looking up the leader", schema, &e))?;
-    let leader = match leaders.first() {
-        Some(row) => Some(leader(row)?),
-        None => None,
-    };
-    let pending: i64 = counts.try_get("pending")?;
-    let due: i64 = counts.try_get("due")?;
-    let status = Status {
-        schema: schema.clone(),
-        schema_version,
-        pending,
-        due,
-        not_due: pending - due,
-        retrying: counts.try_get("retrying")?,
-        oldest_pending_age_seconds: counts.try_get("oldest_pending_age")?,
-        lag_seconds: counts.try_get("lag")?,
-        dead_letters: counts.try_get("dead_letters")?,
-        lock_id,
-        leader,
-    };
+    let status = read_status(&outbox, &client).await?;
     if settings.json {
         print_json(&status)
     } else {
@@ -181,18 +119,54 @@ pub(crate) async fn status(settings: &Settings, lock_id: Option<i64>) -> anyhow:
     }
 }
 
-fn leader(row: &Row) -> anyhow::Result<Leader> {
-    let backend_start: Option<SystemTime> = row.try_get("backend_start")?;
-    Ok(Leader {
-        pid: row.try_get("pid")?,
-        user: row.try_get("usename")?,
-        client_addr: row.try_get("client_addr")?,
-        client_port: row.try_get("client_port")?,
-        application_name: row.try_get("application_name")?,
-        backend_start: backend_start.map(output::timestamp),
-        session_age_seconds: row.try_get("session_age")?,
-        state: row.try_get("state")?,
+/// The outbox in `--schema`, whose leader holds `lock_id` (by default the schema's lock).
+fn outbox(settings: &Settings, lock_id: Option<i64>) -> anyhow::Result<PgOutbox> {
+    let mut config = PgConfig::builder().schema(settings.schema.as_str());
+    if let Some(lock_id) = lock_id {
+        config = config.lock_id(lock_id);
+    }
+    let config = config.build().context("invalid outbox configuration")?;
+    PgOutbox::new(config).context("invalid outbox configuration")
+}
+
+async fn read_status(outbox: &PgOutbox, client: &tokio_postgres::Client) -> anyhow::Result<Status> {
+    let schema = &outbox.config().schema;
+    let figures = outbox
+        .status(client)
+        .await
+        .map_err(|e| query_failed("reading the outbox", schema, &e))?;
+    let leader = outbox
+        .leader(client)
+        .await
+        .map_err(|e| query_failed("looking up the leader", schema, &e))?;
+    Ok(Status {
+        schema: schema.clone(),
+        schema_version: figures.schema_version,
+        pending: figures.pending,
+        due: figures.due,
+        not_due: figures.pending.saturating_sub(figures.due),
+        retrying: figures.retrying,
+        oldest_pending_age_seconds: figures.oldest_pending_age.as_secs_f64(),
+        lag_seconds: figures.lag.as_secs_f64(),
+        dead_letters: figures.dead_letters,
+        lock_id: outbox.config().lock_id(),
+        leader: leader.map(Leader::from),
     })
+}
+
+impl From<LeaderSession> for Leader {
+    fn from(session: LeaderSession) -> Self {
+        Leader {
+            pid: session.pid,
+            user: session.user,
+            client_addr: session.client_addr.map(|addr| addr.to_string()),
+            client_port: session.client_port,
+            application_name: session.application_name,
+            backend_start: session.backend_start.map(output::timestamp),
+            session_age_seconds: session.session_age.map(|age| age.as_secs_f64()),
+            state: session.state,
+        }
+    }
 }
 
 fn render_status(s: &Status, database: &str) -> String {
@@ -252,21 +226,13 @@ fn render_status(s: &Status, database: &str) -> String {
     out
 }
 
-async fn schema_version(client: &Client, schema: &str) -> anyhow::Result<Option<i32>> {
-    let row = client
-        .query_one(&render(SCHEMA_VERSION, schema), &[])
-        .await
-        .map_err(|e| query_failed("reading the schema version", schema, &e))?;
-    Ok(row.try_get("version")?)
-}
-
-fn query_failed(what: &str, schema: &str, error: &tokio_postgres::Error) -> anyhow::Error {
-    db::failed(what, schema, error.code(), error)
-}
-
-/// `template` with `{schema}` replaced by the quoted schema name (validated when parsed).
-fn render(template: &str, schema: &str) -> String {
-    template.replace("{schema}", &format!("\"{}\"", schema.replace('"', "\"\"")))
+fn query_failed(what: &str, schema: &str, error: &outbox_postgres::Error) -> anyhow::Error {
+    db::failed(
+        what,
+        schema,
+        error.code(),
+        error as &(dyn std::error::Error + 'static),
+    )
 }
 
 #[cfg(test)]
@@ -316,14 +282,6 @@ mod tests {
                  postgres, session since 2026-01-02T03:04:05Z (1m 1s ago)"
             ),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn the_schema_is_quoted() {
-        assert_eq!(
-            render(SCHEMA_VERSION, "t_1"),
-            "SELECT max(version) AS version FROM \"t_1\".schema_migrations"
         );
     }
 }

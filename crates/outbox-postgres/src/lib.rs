@@ -15,6 +15,7 @@
 //! | [`store`] | [`PgStore`]: claim, complete, fail, wait for work |
 //! | [`elector`] | [`PgElector`]: leadership as a session-level advisory lock |
 //! | [`dead_letter`] | [`DeadLetter`] and the list, replay and purge functions |
+//! | [`status`] | [`OutboxStatus`], [`LeaderSession`]: [`status`](PgOutbox::status), [`leader`](PgOutbox::leader), [`schema_version`](PgOutbox::schema_version) |
 //! | [`error`] | [`Error`], classified transient or permanent |
 //!
 //! Everything lives in one schema (default `outbox`): `messages`, `dead_letters` and
@@ -83,6 +84,7 @@ mod listen;
 pub mod outbox;
 mod session;
 mod sql;
+pub mod status;
 pub mod store;
 
 pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
@@ -91,6 +93,7 @@ pub use elector::PgElector;
 pub use error::Error;
 pub use executor::Executor;
 pub use outbox::PgOutbox;
+pub use status::{LeaderSession, OutboxStatus};
 pub use store::PgStore;
 
 /// The README's examples, compiled as doctests so that they stay true.

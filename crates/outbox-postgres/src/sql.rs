@@ -103,12 +103,59 @@ WHERE m.available_at <= now()
 ORDER BY m.seq
 LIMIT $2";
 
+/// How far behind the relay is, spliced in as `{lag_seconds}` over `messages`: the seconds the
+/// oldest due message has been due, 0 when none is. One definition, so the relay's backlog metric
+/// and the status report agree.
+const LAG_SECONDS: &str = "coalesce(extract(epoch FROM now() - min(available_at) \
+                           FILTER (WHERE available_at <= now())), 0)::float8";
+
 // One scan for both figures; sampled every few seconds by a leading relay.
 const BACKLOG: &str = "\
 SELECT count(*) AS pending,
-       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE available_at <= now())),
-                0)::float8 AS lag_seconds
+       {lag_seconds} AS lag_seconds
 FROM {schema}.messages";
+
+// The status report, in one statement so its figures are one snapshot. `created_at` comes from
+// the producer's clock, so its age is clamped at zero; `available_at` is always written on the
+// database's clock.
+const STATUS: &str = "\
+SELECT (SELECT max(version) FROM {schema}.schema_migrations) AS schema_version,
+       count(*) AS pending,
+       count(*) FILTER (WHERE available_at <= now()) AS due,
+       count(*) FILTER (WHERE attempts > 0) AS retrying,
+       coalesce(greatest(extract(epoch FROM now() - min(created_at)), 0), 0)::float8
+           AS oldest_pending_age_seconds,
+       {lag_seconds} AS lag_seconds,
+       (SELECT count(*) FROM {schema}.dead_letters) AS dead_letters
+FROM {schema}.messages";
+
+/// Whether schema `$1` (unquoted) holds a `schema_migrations` table. `to_regclass` answers NULL
+/// for a missing schema or table instead of failing, which would abort the caller's transaction.
+pub(crate) const SCHEMA_MIGRATIONS_EXISTS: &str =
+    "SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL AS present";
+
+const SCHEMA_VERSION: &str = "SELECT max(version) AS version FROM {schema}.schema_migrations";
+
+/// The session holding the leadership lock `$1` in this database, with what `pg_stat_activity`
+/// shows of it. The key is encoded in `pg_locks` as in [`HOLDS_LOCK`]. Only an exclusive holder
+/// leads: a session holding the same key in shared mode is not the leader (and blocks one).
+/// Columns the connected role may not see of another role's session are NULL.
+pub(crate) const LEADER: &str = "\
+SELECT a.pid,
+       a.usename::text AS usename,
+       a.client_addr,
+       a.client_port,
+       a.application_name,
+       a.backend_start,
+       greatest(extract(epoch FROM now() - a.backend_start), 0)::float8 AS session_age_seconds,
+       a.state
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((l.classid::bigint << 32) | l.objid::bigint) = $1
+ORDER BY a.backend_start
+LIMIT 1";
 
 const COMPLETE: &str = "DELETE FROM {schema}.messages WHERE seq = ANY($1::bigint[])";
 
@@ -236,6 +283,8 @@ pub(crate) struct Sql {
     pub(crate) claim: String,
     pub(crate) complete: String,
     pub(crate) backlog: String,
+    pub(crate) status: String,
+    pub(crate) schema_version: String,
     pub(crate) fail: String,
     pub(crate) list_dead_letters: String,
     pub(crate) count_dead_letters: String,
@@ -257,6 +306,7 @@ impl Sql {
         let r = |template: &str| {
             template
                 .replace("{filter}", DEAD_LETTER_FILTER)
+                .replace("{lag_seconds}", LAG_SECONDS)
                 .replace("{schema}", &schema)
         };
         Sql {
@@ -269,6 +319,8 @@ impl Sql {
             claim: r(CLAIM),
             complete: r(COMPLETE),
             backlog: r(BACKLOG),
+            status: r(STATUS),
+            schema_version: r(SCHEMA_VERSION),
             fail: r(FAIL),
             list_dead_letters: r(LIST_DEAD_LETTERS),
             count_dead_letters: r(COUNT_DEAD_LETTERS),
@@ -314,6 +366,9 @@ mod tests {
             &sql.replay_dead_letter_batch,
             &sql.purge_dead_letter_batch,
             &sql.listen,
+            &sql.backlog,
+            &sql.status,
+            &sql.schema_version,
         ] {
             assert!(!text.contains('{'), "{text}");
         }
@@ -324,6 +379,23 @@ mod tests {
             assert!(!text.contains("{schema}"));
             assert!(text.contains("\"tenant_1\".messages"));
         }
+    }
+
+    #[test]
+    fn the_backlog_and_the_status_share_one_lag() {
+        let sql = Sql::render("t_1", "outbox_t_1");
+        assert!(
+            sql.backlog
+                .contains(&format!("{LAG_SECONDS} AS lag_seconds"))
+        );
+        assert!(
+            sql.status
+                .contains(&format!("{LAG_SECONDS} AS lag_seconds"))
+        );
+        assert_eq!(
+            sql.schema_version,
+            "SELECT max(version) AS version FROM \"t_1\".schema_migrations"
+        );
     }
 
     #[test]

@@ -6,3 +6,4 @@ mod dead_letters;
 mod elector;
 mod enqueue;
 mod migrations;
+mod status;
