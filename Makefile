@@ -11,7 +11,7 @@ REPLICA_PORT ?= 8081
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help up down services services-stop test build run-leader run-replica run-subscriber demo fmt lint ci
+.PHONY: help up down services services-stop test build run-leader run-replica run-subscriber demo bench fmt lint ci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -45,6 +45,9 @@ run-subscriber: ## print and check what arrives on the ORDERS stream
 
 demo: ## end to end: leader, 5000 orders from a replica, subscriber checks them all
 	bash scripts/demo.sh
+
+bench: ## benchmark scenarios as JSON lines, also appended to target/bench/results.jsonl (ARGS=--quick: under a minute)
+	cargo run --release -p outbox-bench -- $(ARGS)
 
 fmt: ## format the workspace
 	cargo fmt --all

@@ -1,0 +1,176 @@
+//! The servers under test, and the fresh schema and stream each scenario runs in.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream;
+use outbox_nats::{StreamSpec, ensure_stream};
+use outbox_postgres::{PgConfig, PgOutbox, WakeUp};
+use serde::Serialize;
+use tokio_postgres::NoTls;
+
+use crate::cli::Servers;
+
+/// What produced the figures.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Versions {
+    pub(crate) outbox: &'static str,
+    pub(crate) rustc: &'static str,
+    pub(crate) postgres: String,
+    pub(crate) nats: String,
+}
+
+/// Connections to the servers under test.
+#[derive(Debug)]
+pub(crate) struct Env {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) servers: Servers,
+    pub(crate) versions: Versions,
+    /// Makes this run's schema and stream names unique.
+    run_id: String,
+    next_fixture: AtomicU32,
+}
+
+impl Env {
+    /// Checks both servers answer and records their versions.
+    pub(crate) async fn connect(servers: &Servers) -> anyhow::Result<Env> {
+        let pg: tokio_postgres::Config = servers
+            .database_url
+            .parse()
+            .context("--database-url / DATABASE_URL is not a PostgreSQL URL")?;
+        let client = pg_client(&pg)
+            .await
+            .context("connecting to PostgreSQL (is it running? see `make services`)")?;
+        let row = client.query_one("SHOW server_version", &[]).await?;
+        let postgres: String = row.try_get(0)?;
+        let nats = nats_client(&servers.nats_url)
+            .await
+            .context("connecting to NATS (is it running with JetStream? see `make services`)")?;
+        let versions = Versions {
+            outbox: env!("CARGO_PKG_VERSION"),
+            rustc: env!("BENCH_RUSTC_VERSION"),
+            postgres,
+            nats: nats.server_info().version,
+        };
+        let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        Ok(Env {
+            pg,
+            servers: servers.clone(),
+            versions,
+            run_id,
+            next_fixture: AtomicU32::new(1),
+        })
+    }
+
+    pub(crate) async fn pg_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        pg_client(&self.pg).await
+    }
+
+    pub(crate) async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        nats_client(&self.servers.nats_url).await
+    }
+
+    /// A fresh outbox schema (migrated, with an `orders` table for producers) and a fresh
+    /// JetStream stream capturing its subject.
+    pub(crate) async fn fixture(&self, label: &str, wake_up: WakeUp) -> anyhow::Result<Fixture> {
+        let index = self.next_fixture.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}_{index}_{label}", self.run_id);
+        let schema = format!("bench_{tag}");
+        let config = PgConfig::builder()
+            .schema(schema.as_str())
+            .wake_up(wake_up)
+            .build()?;
+        let outbox = PgOutbox::new(config)?;
+        let admin = self.pg_client().await?;
+        outbox.migrate(&admin).await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE \"{schema}\".orders (
+                     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                     customer text NOT NULL,
+                     total bigint NOT NULL,
+                     created_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await?;
+        let stream = format!("BENCH_{}", tag.to_uppercase());
+        let subject = format!("bench.{}.{index}.created", self.run_id);
+        let js = jetstream::new(self.nats().await?);
+        ensure_stream(&js, &StreamSpec::new(stream.as_str(), [subject.as_str()])).await?;
+        Ok(Fixture {
+            schema,
+            stream,
+            subject,
+            outbox,
+            admin,
+            js,
+        })
+    }
+}
+
+/// One scenario's schema and stream; [`Fixture::cleanup`] removes both.
+#[derive(Debug)]
+pub(crate) struct Fixture {
+    pub(crate) schema: String,
+    pub(crate) stream: String,
+    pub(crate) subject: String,
+    pub(crate) outbox: PgOutbox,
+    /// A connection for set-up and checks, never timed.
+    pub(crate) admin: tokio_postgres::Client,
+    pub(crate) js: jetstream::Context,
+}
+
+impl Fixture {
+    /// Rows still in the outbox.
+    pub(crate) async fn outbox_len(&self) -> anyhow::Result<u64> {
+        let row = self
+            .admin
+            .query_one(
+                &format!("SELECT count(*) FROM \"{}\".messages", self.schema),
+                &[],
+            )
+            .await?;
+        Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    }
+
+    /// Messages stored in the stream.
+    pub(crate) async fn stream_len(&self) -> anyhow::Result<u64> {
+        let mut stream = self.js.get_stream(&self.stream).await?;
+        Ok(stream.info().await?.state.messages)
+    }
+
+    /// Drops the schema and deletes the stream; failures are reported, not fatal.
+    pub(crate) async fn cleanup(self) {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        if let Err(error) = self.admin.batch_execute(&drop).await {
+            tracing::warn!(%error, schema = %self.schema, "could not drop the bench schema");
+        }
+        if let Err(error) = self.js.delete_stream(&self.stream).await {
+            tracing::warn!(%error, stream = %self.stream, "could not delete the bench stream");
+        }
+    }
+}
+
+pub(crate) async fn pg_client(
+    config: &tokio_postgres::Config,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "bench connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn nats_client(url: &str) -> anyhow::Result<async_nats::Client> {
+    let client = outbox_nats::connect(url).await?;
+    // The server's INFO (version, max_payload) arrives with the connection; make sure it did.
+    for _ in 0..100 {
+        if !client.server_info().version.is_empty() {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("NATS at {url} sent no server info")
+}

@@ -1,0 +1,232 @@
+//! `produce`: concurrent producers commit single-order transactions as fast as they can — a
+//! business row alone, then with the outbox enqueue, then with the enqueue and a NOTIFY
+//! (`WakeUp::Listen`), then with the enqueue while the relay drains concurrently.
+//!
+//! Each producer owns a disjoint set of keys, so its commit order is each key's order; after the
+//! timed part the relay drains what was enqueued and the stream is checked.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use outbox_postgres::WakeUp;
+use serde_json::{Value, json};
+
+use super::{Ctx, Outcome, RunningRelay, check, drain_timeout};
+use crate::env::{Env, Fixture};
+use crate::procfs::CpuSnapshot;
+use crate::progress::Progress;
+use crate::report::{histogram, percentiles_ms, round};
+use crate::verify::Violations;
+use crate::workload::Generator;
+
+/// One way of producing.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    name: &'static str,
+    /// `None`: the business row only.
+    enqueue: Option<WakeUp>,
+    /// The relay runs while producers commit.
+    relaying: bool,
+}
+
+const MODES: [Mode; 4] = [
+    Mode {
+        name: "plain",
+        enqueue: None,
+        relaying: false,
+    },
+    Mode {
+        name: "outbox",
+        enqueue: Some(WakeUp::Poll),
+        relaying: false,
+    },
+    Mode {
+        name: "outbox_notify",
+        enqueue: Some(WakeUp::Listen),
+        relaying: false,
+    },
+    Mode {
+        name: "outbox_relaying",
+        enqueue: Some(WakeUp::Poll),
+        relaying: true,
+    },
+];
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
+    let secs = ctx.args.produce_secs();
+    let producers = ctx.args.producers.min(ctx.args.keys);
+    let mut figures = serde_json::Map::new();
+    let mut rates = Vec::new();
+    let mut violations = Violations::default();
+    for mode in MODES {
+        let fx = ctx
+            .env
+            .fixture(mode.name, mode.enqueue.unwrap_or(WakeUp::Poll))
+            .await?;
+        let result = once(ctx, &fx, mode, producers, secs).await;
+        fx.cleanup().await;
+        let (rate, figure, v) = result?;
+        violations.add(&v);
+        rates.push(rate);
+        figures.insert(mode.name.to_owned(), figure);
+    }
+    let plain = rates[0];
+    let ratio = |i: usize| round(rates[i] / plain, 3);
+    figures.insert("outbox_over_plain".into(), json!(ratio(1)));
+    figures.insert("notify_over_plain".into(), json!(ratio(2)));
+    figures.insert("relaying_over_plain".into(), json!(ratio(3)));
+    Ok(Outcome {
+        parameters: json!({
+            "producers": producers,
+            "seconds_per_mode": secs,
+            "keys": ctx.args.keys,
+            "payload_bytes": ctx.args.payload,
+            "transaction": "BEGIN; INSERT order (prepared); [enqueue one message]; COMMIT",
+            "modes": {
+                "plain": "business row only",
+                "outbox": "+ enqueue, WakeUp::Poll (no NOTIFY)",
+                "outbox_notify": "+ enqueue, WakeUp::Listen (pg_notify in every transaction)",
+                "outbox_relaying": "+ enqueue, WakeUp::Poll, the relay draining concurrently",
+            },
+        }),
+        figures: Value::Object(figures),
+        violations,
+    })
+}
+
+async fn once(
+    ctx: &Ctx<'_>,
+    fx: &Fixture,
+    mode: Mode,
+    producers: u32,
+    secs: f64,
+) -> anyhow::Result<(f64, Value, Violations)> {
+    let env: &Env = ctx.env;
+    let relay = if mode.relaying {
+        Some(
+            RunningRelay::start(
+                &env.pg,
+                env.nats().await?,
+                &fx.outbox,
+                ctx.relay_config()?,
+                false,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut clients = Vec::new();
+    for _ in 0..producers {
+        clients.push(env.pg_client().await?);
+    }
+    let progress = Progress::counter(&format!("produce {}", mode.name));
+    let start = Instant::now() + Duration::from_millis(100);
+    let end = start + Duration::from_secs_f64(secs);
+    let cpu_before = CpuSnapshot::take();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(p, client)| {
+            let p = u32::try_from(p).unwrap_or(0);
+            let generator =
+                Generator::partition(&fx.subject, ctx.shape(), 7 + u64::from(p), p, producers);
+            let outbox = mode.enqueue.map(|_| fx.outbox.clone());
+            tokio::spawn(produce(
+                client,
+                outbox,
+                fx.schema.clone(),
+                generator,
+                start,
+                end,
+                progress.clone(),
+            ))
+        })
+        .collect();
+    let mut commits = 0_u64;
+    let mut tx_times = histogram();
+    // Kept open until the CPU snapshot: a backend that exits takes its CPU time with it.
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (count, times, client) = task.await??;
+        commits += count;
+        tx_times.add(&times)?;
+        clients.push(client);
+    }
+    let cpu = cpu_before.until(&CpuSnapshot::take());
+    drop(clients);
+    progress.done();
+    let rate = commits as f64 / secs;
+
+    let mut violations = Violations::default();
+    if mode.enqueue.is_some() {
+        // Drain what was enqueued (or what is left of it) and check the stream.
+        let relay = match relay {
+            Some(relay) => relay,
+            None => {
+                RunningRelay::start(
+                    &env.pg,
+                    env.nats().await?,
+                    &fx.outbox,
+                    ctx.relay_config()?,
+                    false,
+                )
+                .await?
+            }
+        };
+        let progress = Progress::bar(&format!("draining {}", mode.name), commits);
+        let drained = relay
+            .wait_completed(commits, drain_timeout(commits), &progress)
+            .await;
+        relay.stop().await?;
+        progress.done();
+        drained?;
+        violations = check(fx, commits).await?;
+    }
+    let figure = json!({
+        "transactions": commits,
+        "tx_per_s": round(rate, 0),
+        "tx_ms": percentiles_ms(&tx_times),
+        "cpu": cpu,
+    });
+    Ok((rate, figure, violations))
+}
+
+/// One producer: commits transactions back to back from `start` until `end`.
+async fn produce(
+    mut client: tokio_postgres::Client,
+    outbox: Option<outbox_postgres::PgOutbox>,
+    schema: String,
+    mut generator: Generator,
+    start: Instant,
+    end: Instant,
+    progress: Progress,
+) -> anyhow::Result<(u64, Histogram<u64>, tokio_postgres::Client)> {
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO \"{schema}\".orders (customer, total) VALUES ($1, $2)"
+        ))
+        .await?;
+    let mut times = histogram();
+    let mut count = 0;
+    tokio::time::sleep_until(start.into()).await;
+    while Instant::now() < end {
+        let began = Instant::now();
+        let message = generator.message()?;
+        let customer = message.key().unwrap_or_default().to_owned();
+        let tx = client.transaction().await?;
+        tx.execute(&insert, &[&customer, &1999_i64]).await?;
+        if let Some(outbox) = &outbox {
+            outbox.enqueue(&tx, &message).await.context("enqueue")?;
+        }
+        tx.commit().await?;
+        let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        times.saturating_record(us.max(1));
+        count += 1;
+        if count % 64 == 0 {
+            progress.inc(64);
+        }
+    }
+    Ok((count, times, client))
+}
