@@ -21,7 +21,10 @@ use crate::{http, retry};
 /// Runs the service until it is done (a replica's load) or signalled; `Ok` means exit 0.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    // Installed before anything else happens: a signal during startup must meet our handler,
+    // not the default action (termination without a graceful exit).
+    let signals = Signals::install();
+    tokio::spawn(watch_signals(signals, shutdown.clone()));
 
     let pg_config = pg_config(&settings)?;
     let outbox_config = PgConfig::builder()
@@ -234,12 +237,12 @@ impl StartupError {
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut signals = 0;
+async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
+    let mut received = 0;
     loop {
-        let name = wait_for_signal().await;
-        signals += 1;
-        if signals == 1 {
+        let name = signals.next().await;
+        received += 1;
+        if received == 1 {
             tracing::info!("received {name}: shutting down (send again to exit at once)");
             shutdown.cancel();
         } else {
@@ -249,24 +252,54 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
 }
 
+/// SIGINT and SIGTERM, registered with the runtime when installed.
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+struct Signals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|e| tracing::warn!("cannot listen for {name}: {e}"))
+                .ok()
+        };
+        Self {
+            interrupt: install(SignalKind::interrupt(), "SIGINT"),
+            terminate: install(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    async fn next(&mut self) -> &'static str {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match signal {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            Some(()) = recv(&mut self.interrupt) => "SIGINT",
+            Some(()) = recv(&mut self.terminate) => "SIGTERM",
+            else => std::future::pending().await,
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl-C"
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Self {
+        Self
+    }
+
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
