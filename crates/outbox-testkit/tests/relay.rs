@@ -2,59 +2,12 @@
 
 use std::time::Duration;
 
-use outbox_core::{Broker, Elector, Message, RelayConfig, RelayState, Standalone, Store};
+use outbox_core::{Message, RelayState, Standalone};
 use outbox_testkit::memory::{MemoryBroker, MemoryElection, MemoryStore};
-use outbox_testkit::{FaultyBroker, FaultyStore, RelayTask, assert_published_once_in_key_order};
+use outbox_testkit::{FaultyBroker, FaultyStore};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn messages(n: usize, keys: usize) -> Vec<Message> {
-    (0..n)
-        .map(|i| {
-            Message::builder("relay.test")
-                .key(format!("k{}", i % keys))
-                .payload(format!("{i}"))
-                .build()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn fast_config() -> RelayConfig {
-    RelayConfig::builder()
-        .batch_size(64)
-        .max_in_flight(256)
-        .retry_base(Duration::from_millis(1))
-        .retry_max(Duration::from_millis(20))
-        .reconnect_base(Duration::from_millis(5))
-        .reconnect_max(Duration::from_millis(50))
-        .max_attempts(1000)
-        .build()
-        .unwrap()
-}
-
-fn start<S: Store, B: Broker, E: Elector>(
-    store: S,
-    broker: B,
-    elector: E,
-    config: RelayConfig,
-) -> RelayTask {
-    RelayTask::start(store, broker, elector, config)
-}
-
-async fn until_empty(store: &MemoryStore) {
-    tokio::time::timeout(WAIT, async {
-        while store.pending_len() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} messages still pending", store.pending_len()));
-}
-
-fn assert_all_once_in_key_order(sent: &[Message], published: &[Message]) {
-    assert_published_once_in_key_order(sent, published);
-}
+mod support;
+use support::{WAIT, assert_all_once_in_key_order, fast_config, messages, start, until_empty};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_in_key_order() {
@@ -285,64 +238,4 @@ async fn pipelined_keys_keep_order_without_failures_and_lose_nothing_with_them()
     let published = broker.inner().published();
     assert_eq!(published.len(), sent.len());
     assert!(store.dead_letters().is_empty());
-}
-
-/// Collects formatted log lines in memory.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-// Single-threaded, so the relay task logs through this test's subscriber.
-#[tokio::test]
-async fn a_broker_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let store = MemoryStore::new();
-    let broker = FaultyBroker::new(MemoryBroker::new());
-    broker.set_down(true);
-    let sent = messages(500, 20);
-    for m in &sent {
-        store.enqueue(m.clone());
-    }
-    let relay = start(store.clone(), broker.clone(), Standalone, fast_config());
-    tokio::time::timeout(WAIT, async {
-        while broker.failures() < 200 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
-    broker.set_down(false);
-    until_empty(&store).await;
-    relay.stop().await;
-
-    assert_eq!(logs.count("broker unavailable; publishing paused"), 1);
-    assert_eq!(logs.count("broker available again"), 1);
-    assert_eq!(logs.count("became leader"), 1);
-    assert_all_once_in_key_order(&sent, &broker.inner().published());
 }
