@@ -9,6 +9,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 pub(crate) struct Backoff {
     builder: ExponentialBuilder,
     delays: ExponentialBackoff,
+    max: Duration,
 }
 
 impl Backoff {
@@ -17,20 +18,17 @@ impl Backoff {
         Self {
             delays: builder.build(),
             builder,
+            max,
         }
     }
 
     pub(crate) fn next_delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.builder_max())
+        // `without_max_times` makes the iterator endless; the cap is only a fallback.
+        self.delays.next().unwrap_or(self.max)
     }
 
     pub(crate) fn reset(&mut self) {
         self.delays = self.builder.build();
-    }
-
-    fn builder_max(&self) -> Duration {
-        // `without_max_times` makes the iterator endless; this is only a fallback.
-        Duration::from_secs(1)
     }
 }
 

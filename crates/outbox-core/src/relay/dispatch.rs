@@ -329,12 +329,9 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
     /// Stops publishing, waits for acknowledgements in flight (bounded), records them.
     async fn drain(mut self) -> TermEnd {
         self.draining = true;
-        let waiting: Vec<String> = self.keys.keys().cloned().collect();
-        for key in waiting {
-            if let Some(queue) = self.keys.get_mut(&key) {
-                for claimed in queue.drain(..) {
-                    self.held.remove(&claimed.seq);
-                }
+        for queue in self.keys.values_mut() {
+            for claimed in queue.drain(..) {
+                self.held.remove(&claimed.seq);
             }
         }
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
