@@ -9,9 +9,12 @@ export DATABASE_URL NATS_URL
 LEADER_PORT ?= 8080
 REPLICA_PORT ?= 8081
 ARGS ?=
+DENY ?=
+FUZZ ?= message_builder
+FUZZ_TIME ?= 180
 
 .DEFAULT_GOAL := help
-.PHONY: help up down services services-stop test build run-leader run-replica run-subscriber demo bench fmt lint ci
+.PHONY: help up down services services-stop test build run-leader run-replica run-subscriber demo bench fmt lint ci deny fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -55,6 +58,12 @@ fmt: ## format the workspace
 lint: ## formatting check and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+deny: ## supply chain: advisories, licences, duplicate crates, sources (cargo install cargo-deny --locked; DENY="licenses bans sources" offline)
+	cargo deny check $(DENY)
+
+fuzz: ## run a fuzz target of fuzz/ (FUZZ=message_builder|traceparent|subscriber_decode, FUZZ_TIME=180 s; nightly, cargo-fuzz)
+	cd fuzz && cargo +nightly fuzz run -a $(FUZZ) -- -max_total_time=$(FUZZ_TIME)
 
 ci: ## what CI runs: services, lint, tests, with timings
 	bash .ci/run

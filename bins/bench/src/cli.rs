@@ -39,6 +39,9 @@ pub(crate) enum Scenario {
     Memory,
     /// `drain` over a grid of batch sizes and ack windows (not run by default).
     Sweep,
+    /// Dead tuples and table size under sustained traffic, default autovacuum settings against
+    /// the migration's (not run by default: minutes).
+    Hygiene,
 }
 
 impl Scenario {
@@ -50,6 +53,7 @@ impl Scenario {
             Scenario::Produce => "produce",
             Scenario::Memory => "memory",
             Scenario::Sweep => "sweep",
+            Scenario::Hygiene => "hygiene",
         }
     }
 }
@@ -81,15 +85,22 @@ impl KeyOrderArg {
 /// Connection settings, shared by the benchmark and its child process.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct Servers {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL (libpq's sslmode, sslrootcert, PGPASSWORD, ... apply).
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     pub(crate) database_url: String,
-    /// NATS URL (JetStream enabled).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS URL (JetStream enabled); credentials and TLS from NATS_CREDS, NATS_NKEY, NATS_TOKEN,
+    /// NATS_USER/NATS_PASSWORD, NATS_CA, NATS_CERT/NATS_KEY.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub(crate) nats_url: String,
 }
 
@@ -151,6 +162,17 @@ pub(crate) struct RunArgs {
     /// Ack windows (max in flight) of the sweep.
     #[arg(long, value_delimiter = ',', default_values_t = [256_usize, 1024, 4096])]
     pub(crate) sweep_in_flight: Vec<usize>,
+    /// Messages each hygiene variant sends through the relay. Default: 1000000 (quick: 50000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) hygiene_messages: Option<u64>,
+    /// Producers' total rate in the hygiene scenario, messages/s: steady traffic, below what
+    /// the relay drains even on a busy machine.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub(crate) hygiene_rate: u32,
+    /// Seconds the hygiene scenario waits, once the outbox is empty, for the next autovacuum.
+    /// Default: 90 (quick: 0).
+    #[arg(long, value_parser = parse_seconds)]
+    pub(crate) hygiene_settle_secs: Option<f64>,
 }
 
 impl RunArgs {
@@ -192,12 +214,34 @@ impl RunArgs {
             .unwrap_or(if self.quick { 100_000 } else { 1_000_000 })
     }
 
+    pub(crate) fn hygiene_messages(&self) -> u64 {
+        self.hygiene_messages
+            .unwrap_or(if self.quick { 50_000 } else { 1_000_000 })
+    }
+
+    pub(crate) fn hygiene_settle_secs(&self) -> f64 {
+        self.hygiene_settle_secs
+            .unwrap_or(if self.quick { 0.0 } else { 90.0 })
+    }
+
     /// The key count and payload size every scenario uses.
     pub(crate) fn shape(&self) -> Shape {
         Shape {
             keys: self.keys,
             payload: self.payload as usize,
         }
+    }
+}
+
+/// A number of seconds: finite, not negative, at most a day.
+fn parse_seconds(value: &str) -> Result<f64, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if secs.is_finite() && (0.0..=86_400.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{value} is not between 0 and 86400 seconds"))
     }
 }
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use outbox_nats::{StreamSpec, ensure_stream};
-use outbox_postgres::{PgConfig, PgOutbox, WakeUp};
+use outbox_postgres::{PgConfig, PgConnectOptions, PgOutbox, WakeUp};
 use serde::Serialize;
-use tokio_postgres::NoTls;
 
 use crate::cli::Servers;
 
@@ -24,7 +23,8 @@ pub(crate) struct Versions {
 /// Connections to the servers under test.
 #[derive(Debug)]
 pub(crate) struct Env {
-    pub(crate) pg: tokio_postgres::Config,
+    /// PostgreSQL as `DATABASE_URL` says: TLS, certificates, password (libpq's parameters).
+    pub(crate) pg: PgConnectOptions,
     pub(crate) servers: Servers,
     pub(crate) versions: Versions,
     /// Makes this run's schema and stream names unique.
@@ -35,10 +35,8 @@ pub(crate) struct Env {
 impl Env {
     /// Checks both servers answer and records their versions.
     pub(crate) async fn connect(servers: &Servers) -> anyhow::Result<Env> {
-        let pg: tokio_postgres::Config = servers
-            .database_url
-            .parse()
-            .context("--database-url / DATABASE_URL is not a PostgreSQL URL")?;
+        let pg = PgConnectOptions::from_url(&servers.database_url)
+            .context("--database-url / DATABASE_URL is not usable")?;
         let client = pg_client(&pg)
             .await
             .context("connecting to PostgreSQL (is it running? see `make services`)")?;
@@ -152,9 +150,9 @@ impl Fixture {
 }
 
 pub(crate) async fn pg_client(
-    config: &tokio_postgres::Config,
+    options: &PgConnectOptions,
 ) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = options.connect().await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "bench connection ended");
@@ -163,8 +161,13 @@ pub(crate) async fn pg_client(
     Ok(client)
 }
 
-async fn nats_client(url: &str) -> anyhow::Result<async_nats::Client> {
-    let client = outbox_nats::connect(url).await?;
+/// Connects to `url` with the credentials and TLS settings of the `NATS_*` variables.
+pub(crate) async fn nats_client(url: &str) -> anyhow::Result<async_nats::Client> {
+    let client = outbox_nats::NatsConnectOptions::new(url)?
+        .with_security(&outbox_nats::NatsSecurity::from_env())?
+        .name("outbox-bench")
+        .connect()
+        .await?;
     // The server's INFO (version, max_payload) arrives with the connection; make sure it did.
     for _ in 0..100 {
         if !client.server_info().version.is_empty() {
@@ -172,5 +175,8 @@ async fn nats_client(url: &str) -> anyhow::Result<async_nats::Client> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    bail!("NATS at {url} sent no server info")
+    bail!(
+        "NATS at {} sent no server info",
+        outbox_core::redact::redact_url(url)
+    )
 }

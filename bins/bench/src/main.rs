@@ -20,6 +20,7 @@
 //! | `produce` | 16 producers committing single-order transactions: tx/s without the outbox, with it, with NOTIFY, and with the relay running |
 //! | `memory` | peak RSS of a relay process (a child of the bench) draining 1,000,000 messages |
 //! | `sweep` | `drain` over batch sizes × ack windows (only when asked for) |
+//! | `hygiene` | 1,000,000 messages through the relay at a steady 5,000/s, with the server's autovacuum settings and with the migration's: dead tuples, table and index size, autovacuum runs, one line per variant (only when asked for) |
 //!
 //! Every scenario reads the stream back (or consumes it live) and counts duplicates, per-key order
 //! violations and missing messages; any violation, or any failed scenario, makes the exit code 1.
@@ -109,7 +110,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<bool> {
                 let (drain, raw) = scenario::drain::run_with_raw(&mut ctx).await;
                 vec![(Scenario::Drain, drain), (Scenario::Raw, raw)]
             }
-            _ => vec![(scenario, run_one(scenario, &mut ctx).await)],
+            _ => run_one(scenario, &mut ctx).await,
         };
         for (scenario, outcome) in outcomes {
             let record = record(
@@ -187,13 +188,25 @@ fn record(
     }
 }
 
-async fn run_one(scenario: Scenario, ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
-    match scenario {
+/// Runs one scenario: one outcome, or one per variant for `hygiene`.
+async fn run_one(
+    scenario: Scenario,
+    ctx: &mut Ctx<'_>,
+) -> Vec<(Scenario, anyhow::Result<Outcome>)> {
+    let outcome = match scenario {
         Scenario::Drain => scenario::drain::run(ctx).await,
         Scenario::Raw => scenario::raw::run(ctx).await,
         Scenario::Latency => scenario::latency::run(ctx).await,
         Scenario::Produce => scenario::produce::run(ctx).await,
         Scenario::Memory => scenario::memory::run(ctx).await,
         Scenario::Sweep => scenario::sweep::run(ctx).await,
-    }
+        Scenario::Hygiene => {
+            return scenario::hygiene::run(ctx)
+                .await
+                .into_iter()
+                .map(|outcome| (Scenario::Hygiene, outcome))
+                .collect();
+        }
+    };
+    vec![(scenario, outcome)]
 }

@@ -1,16 +1,14 @@
 //! Startup and lifetime of the service: database, schema, HTTP, relay, load generator, signals.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use outbox_core::RelayState;
-use outbox_postgres::{PgConfig, PgOutbox};
+use outbox_postgres::{PgConfig, PgConnectOptions, PgOutbox};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Role, Settings};
@@ -25,6 +23,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     // not the default action (termination without a graceful exit).
     let signals = Signals::install();
     tokio::spawn(watch_signals(signals, shutdown.clone()));
+    // Before the relay is built: its metric descriptions go to the recorder installed then.
+    let metrics = crate::metrics::install()?;
+    tokio::spawn(crate::metrics::upkeep(metrics.clone(), shutdown.clone()));
 
     let pg_config = pg_config(&settings)?;
     let outbox_config = PgConfig::builder()
@@ -34,7 +35,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let outbox = PgOutbox::new(outbox_config).context("outbox configuration")?;
     let pool = pool(&pg_config, settings.load.concurrency)?;
     let orders = Arc::new(Orders::new(
-        pool,
+        pool.clone(),
         outbox.clone(),
         &settings.app_schema,
         settings.subject(),
@@ -60,6 +61,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let (relay_state, relay_state_rx) = watch::channel(RelayState::Campaigning);
+    let relay_clock = http::RelayClock::start(relay_state_rx);
+    #[cfg_attr(not(feature = "nats"), allow(unused_mut))]
+    let mut broker = http::BrokerProbe::Unused;
     let mut tasks = tokio::task::JoinSet::new();
 
     match settings.role {
@@ -69,8 +73,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                 let relay = crate::relay::RelaySettings::from(&settings);
                 let (outbox, pg_config, shutdown) =
                     (outbox.clone(), pg_config.clone(), shutdown.clone());
+                let (nats, nats_rx) = watch::channel(None);
+                broker = http::BrokerProbe::Nats {
+                    client: nats_rx,
+                    stream: settings.stream.clone(),
+                };
                 tasks.spawn(async move {
-                    crate::relay::run(relay, outbox, pg_config, relay_state, shutdown)
+                    crate::relay::run(relay, outbox, pg_config, relay_state, nats, shutdown)
                         .await
                         .context("relay")
                 });
@@ -95,11 +104,38 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "HTTP listening on {}",
             listener.local_addr().unwrap_or(addr)
         );
-        let (orders, role, shutdown) = (orders.clone(), settings.role, shutdown.clone());
+        let service = http::Service {
+            orders: orders.clone(),
+            role: settings.role,
+            relay: relay_clock,
+            readiness: http::Readiness {
+                pool,
+                outbox: outbox.clone(),
+                broker,
+            },
+            metrics: metrics.clone(),
+            request_timeout: settings.request_timeout,
+        };
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            http::serve(listener, orders, role, relay_state_rx, shutdown)
+            http::serve(listener, service, shutdown)
                 .await
                 .context("HTTP server")
+        });
+    }
+
+    if settings.metrics_port != 0 {
+        let addr = SocketAddr::new(settings.host, settings.metrics_port);
+        let listener = http::bind(addr).await?;
+        tracing::info!(
+            "metrics listening on {}",
+            listener.local_addr().unwrap_or(addr)
+        );
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            crate::metrics::serve(listener, metrics, shutdown)
+                .await
+                .context("metrics server")
         });
     }
 
@@ -137,10 +173,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// The connection settings, with the service's defaults for what the URL leaves out.
-fn pg_config(settings: &Settings) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config = tokio_postgres::Config::from_str(&settings.database_url)
-        .with_context(|| format!("invalid database URL {}", settings.database_redacted))?;
+/// The connection settings (TLS and password as the URL says), with the service's defaults for
+/// what the URL leaves out.
+fn pg_config(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+    let mut options = settings.database.clone();
+    let config = options.config_mut();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -153,19 +190,15 @@ fn pg_config(settings: &Settings) -> anyhow::Result<tokio_postgres::Config> {
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3);
-    Ok(config)
+    Ok(options)
 }
 
 /// The connection pool of the order transactions (HTTP and generator). It connects lazily, and
 /// every wait is bounded, so a database outage turns into errors rather than hung requests.
-fn pool(config: &tokio_postgres::Config, concurrency: usize) -> anyhow::Result<Pool> {
-    let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+fn pool(config: &PgConnectOptions, concurrency: usize) -> anyhow::Result<Pool> {
+    let manager = config.deadpool_manager(ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    });
     Pool::builder(manager)
         .max_size(concurrency + 8)
         .wait_timeout(Some(Duration::from_secs(10)))
@@ -180,14 +213,14 @@ fn pool(config: &tokio_postgres::Config, concurrency: usize) -> anyhow::Result<P
 /// unreachable. Returns `false` if shutdown came first.
 async fn prepare_database(
     settings: &Settings,
-    pg_config: &tokio_postgres::Config,
+    pg_config: &PgConnectOptions,
     outbox: &PgOutbox,
     orders: &Orders,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
     let what = format!("connecting to PostgreSQL at {}", settings.database_redacted);
     let step = retry::until_ready(&what, shutdown, StartupError::is_transient, || async {
-        let (mut client, connection) = pg_config.connect(NoTls).await?;
+        let (mut client, connection) = pg_config.connect().await?;
         let connection = tokio::spawn(connection);
         let migrated = async {
             outbox.migrate(&client).await?;

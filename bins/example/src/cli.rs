@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use outbox_core::redact::redact_url;
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given.
 pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -21,7 +22,8 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "example", version, max_term_width = 100)]
 struct Cli {
-    /// PostgreSQL URL (postgres://user[:password]@host[:port]/db).
+    /// PostgreSQL URL (postgres://user[:password]@host[:port]/db); TLS with
+    /// ?sslmode=verify-full&sslrootcert=CA.pem (libpq's parameters, PGPASSWORD, PGPASSFILE).
     #[arg(
         long = "database-url",
         visible_alias = "dsn",
@@ -42,6 +44,10 @@ struct Cli {
         value_name = "URL"
     )]
     nats_url: String,
+
+    #[cfg(feature = "nats")]
+    #[command(flatten)]
+    nats_security: outbox_nats::NatsSecurityArgs,
 
     /// `leader` campaigns for leadership and relays while it leads; `replica` never relays.
     /// Default: replica.
@@ -70,6 +76,38 @@ struct Cli {
         allow_negative_numbers = true
     )]
     port: u16,
+
+    /// Port of a listener serving only `GET /metrics` (Prometheus), on --host; 0 means none.
+    /// The HTTP port serves `/metrics` too.
+    #[arg(
+        long = "metrics-port",
+        env = "METRICS_PORT",
+        default_value_t = 0,
+        value_name = "PORT",
+        allow_negative_numbers = true
+    )]
+    metrics_port: u16,
+
+    /// How long an HTTP request may take, body included, before it is answered 503.
+    #[arg(
+        long = "request-timeout-ms",
+        default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000),
+        value_name = "MS",
+        hide = true
+    )]
+    request_timeout_ms: u64,
+
+    /// How often a leading relay samples the backlog gauges (outbox_pending_messages,
+    /// outbox_lag_seconds).
+    #[arg(
+        long = "backlog-interval-ms",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000),
+        value_name = "MS",
+        hide = true
+    )]
+    backlog_interval_ms: u64,
 
     /// Orders to write with the built-in load generator (0: none). A replica exits once all are
     /// committed; a leader keeps relaying.
@@ -174,22 +212,30 @@ pub(crate) struct LoadPlan {
 /// Validated settings: everything the service needs, checked before any connection is made.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    /// The database URL as given (may hold a password: never log it; log `database_redacted`).
-    pub(crate) database_url: String,
     /// The database URL without its password.
     pub(crate) database_redacted: String,
-    /// The NATS URL as given (may hold a password: never log it; log `nats_redacted`).
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) nats_url: String,
+    /// The database connection settings (TLS, password) read from the URL.
+    #[cfg(feature = "postgres")]
+    pub(crate) database: outbox_postgres::PgConnectOptions,
     /// The NATS URL without its password.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) nats_redacted: String,
+    /// The NATS servers, credentials and TLS settings, checked.
+    #[cfg(feature = "nats")]
+    pub(crate) nats: outbox_nats::NatsConnectOptions,
     /// Leader or replica.
     pub(crate) role: Role,
     /// HTTP listen address.
     pub(crate) host: IpAddr,
     /// HTTP port; 0 disables HTTP.
     pub(crate) port: u16,
+    /// Port of the metrics-only listener; 0 means none.
+    pub(crate) metrics_port: u16,
+    /// Longest time an HTTP request may take.
+    pub(crate) request_timeout: std::time::Duration,
+    /// How often a leading relay samples the backlog gauges.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) backlog_interval: std::time::Duration,
     /// The load generator's plan.
     pub(crate) load: LoadPlan,
     /// Outbox schema.
@@ -285,19 +331,32 @@ impl Cli {
             (None, _) => Role::Replica,
         };
         let database_redacted = redact_url(&self.database_url);
-        check_database_url(&self.database_url)
-            .map_err(|e| format!("invalid --database-url {database_redacted}: {e}"))?;
+        let checked = check_database_url(&self.database_url)
+            .map_err(|e| format!("invalid --database-url {database_redacted}: {e}"));
+        #[cfg(feature = "postgres")]
+        let database = checked?;
+        #[cfg(not(feature = "postgres"))]
+        checked?;
         let nats_redacted = redact_url(&self.nats_url);
         check_nats_url(&self.nats_url)
             .map_err(|e| format!("invalid --nats-url {nats_redacted}: {e}"))?;
+        #[cfg(feature = "nats")]
+        let nats = outbox_nats::NatsConnectOptions::new(&self.nats_url)
+            .and_then(|nats| nats.with_security(&self.nats_security.into()))
+            .map_err(|e| format!("invalid NATS settings: {e}"))?;
         Ok(Settings {
-            database_url: self.database_url,
             database_redacted,
-            nats_url: self.nats_url,
+            #[cfg(feature = "postgres")]
+            database,
             nats_redacted,
+            #[cfg(feature = "nats")]
+            nats,
             role,
             host: self.host,
             port: self.port,
+            metrics_port: self.metrics_port,
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+            backlog_interval: std::time::Duration::from_millis(self.backlog_interval_ms),
             load: LoadPlan {
                 orders: self.orders,
                 rate: self.rate,
@@ -312,22 +371,35 @@ impl Cli {
     }
 }
 
-/// Checks a PostgreSQL URL: the scheme, then everything tokio-postgres checks, then a user and a
-/// host (tokio-postgres has no defaults for them).
-fn check_database_url(url: &str) -> Result<(), String> {
+/// Checks a PostgreSQL URL: the scheme, then everything outbox-postgres checks (tokio-postgres'
+/// parameters, libpq's TLS parameters and the files they name), then a user and a host
+/// (tokio-postgres has no defaults for them).
+#[cfg(feature = "postgres")]
+fn check_database_url(url: &str) -> Result<outbox_postgres::PgConnectOptions, String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("expected postgres://user@host[:port]/database".to_owned());
     }
-    #[cfg(feature = "postgres")]
-    {
-        use std::str::FromStr;
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
-        if config.get_user().is_none() {
-            return Err("no user (postgres://USER@host/database)".to_owned());
+    let options = outbox_postgres::PgConnectOptions::from_url(url).map_err(|e| {
+        // The error quotes the URL, which the caller's message already shows.
+        match e {
+            outbox_postgres::ConnectOptionsError::InvalidUrl { reason, .. } => reason,
+            other => other.to_string(),
         }
-        if config.get_hosts().is_empty() {
-            return Err("no host (postgres://user@HOST/database)".to_owned());
-        }
+    })?;
+    if options.config().get_user().is_none() {
+        return Err("no user (postgres://USER@host/database)".to_owned());
+    }
+    if options.config().get_hosts().is_empty() {
+        return Err("no host (postgres://user@HOST/database)".to_owned());
+    }
+    Ok(options)
+}
+
+/// Without the `postgres` feature: the scheme only.
+#[cfg(not(feature = "postgres"))]
+fn check_database_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("expected postgres://user@host[:port]/database".to_owned());
     }
     Ok(())
 }
@@ -351,52 +423,6 @@ fn check_nats_url(urls: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The URL with any password replaced by `***`, in the user-info part (`user:password@`) and in
-/// a `password=` query parameter. Works on malformed URLs too, so errors can quote them.
-pub(crate) fn redact_url(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    for (i, part) in url.split(',').enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&redact_userinfo(part));
-    }
-    redact_query_password(&out)
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The user-info ends at the last '@' before the query: a password may itself hold '@' or
-    // '/', a host or database name does not.
-    let query_start = rest.find('?').unwrap_or(rest.len());
-    match rest[..query_start].rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = rest.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{scheme}://{user}:***{host}"),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
-fn redact_query_password(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
 }
 
 fn parse_rate(value: &str) -> Result<f64, String> {
@@ -484,6 +510,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.role, Role::Replica);
         assert_eq!(s.port, 8080);
+        assert_eq!(s.metrics_port, 0);
+        assert_eq!(s.request_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(s.backlog_interval, std::time::Duration::from_secs(5));
         assert_eq!(s.load.orders, 0);
         assert_eq!(s.load.rate, 0.0);
         assert_eq!(s.load.customers, 10);
@@ -506,8 +535,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.role, Role::Leader);
-        assert_eq!(s.database_url, "postgres://u@h/db");
-        assert_eq!(s.nats_url, "nats://h:1");
+        assert_eq!(s.database_redacted, "postgres://u@h/db");
+        assert_eq!(s.nats_redacted, "nats://h:1");
         assert_eq!(parse_args(&["--leader=false"]).unwrap().role, Role::Replica);
         assert_eq!(
             parse_args(&["--leader", "--role", "leader"]).unwrap().role,
@@ -529,6 +558,8 @@ mod tests {
             (&["--rate", "-3"], "--rate"),
             (&["--customers", "0"], "--customers"),
             (&["--port", "70000"], "--port"),
+            (&["--metrics-port", "70000"], "--metrics-port"),
+            (&["--backlog-interval-ms", "0"], "--backlog-interval-ms"),
             (&["--schema", "Bad Name"], "--schema"),
             (&["--stream", "a.b"], "--stream"),
             (&["--subject-prefix", "a.>"], "--subject-prefix"),

@@ -6,6 +6,8 @@
 //! cargo run -p example -- --port 0 --orders 10000 --customers 50 --rate 500   # load, then exit
 //! curl -i -X POST localhost:8080/order -d '{"name": "book", "total": 1200, "customer_id": "alice"}'
 //! curl -i localhost:8080/health
+//! curl -i localhost:8080/ready
+//! curl -s localhost:8080/metrics
 //! ```
 //!
 //! An orders service (DESIGN.md section 6). Each order is one PostgreSQL transaction: it locks or
@@ -20,7 +22,12 @@
 //! `--natsdsn`), `--role leader|replica` (`--leader` means `--role leader`), `--port` (0: no
 //! HTTP), `--orders N --customers K --rate R --concurrency C` (built-in load generator),
 //! `--schema` (outbox schema), `--app-schema` (customers and orders tables), `--stream` and
-//! `--subject-prefix` (to isolate test runs). `RUST_LOG` sets the log filter (default `info`);
+//! `--subject-prefix` (to isolate test runs), `--metrics-port`/`METRICS_PORT` (a listener serving
+//! only `GET /metrics`; 0: none). PostgreSQL TLS and passwords come from the URL and libpq's
+//! variables (`?sslmode=verify-full&sslrootcert=...`, `PGPASSWORD`, `PGPASSFILE`); NATS
+//! credentials and TLS from `--nats-creds`, `--nats-nkey`, `--nats-token`, `--nats-user` with
+//! `--nats-password`, `--nats-tls`, `--nats-ca`, `--nats-cert` with `--nats-key` (or their
+//! `NATS_*` variables); no secret is ever logged. `RUST_LOG` sets the log filter (default `info`);
 //! logs go to stderr.
 //!
 //! Exit codes: 0 after SIGINT/SIGTERM (the relay drains first) or when a replica's `--orders`
@@ -28,7 +35,13 @@
 //! 1 for a failure the service cannot recover from (port taken, database refusing the login).
 //! Unreachable services are retried with backoff and logged, never fatal.
 //!
-//! Features: `postgres` (needed by every role) and `nats` (needed by `--role leader`).
+//! Tracing: a `traceparent` (and `tracestate`) header of `POST /order` is stored on the order's
+//! event and reaches its consumers as NATS headers; an order without one starts a new trace. The
+//! trace id is in the response and in the `order placed` log line.
+//!
+//! Features: `postgres` (needed by every role), `nats` (needed by `--role leader`), and `otel`
+//! (off by default): OpenTelemetry spans exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set.
 
 mod cli;
 
@@ -39,6 +52,8 @@ mod http;
 #[cfg(feature = "postgres")]
 mod load;
 #[cfg(feature = "postgres")]
+mod metrics;
+#[cfg(feature = "postgres")]
 mod orders;
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod relay;
@@ -46,6 +61,7 @@ mod relay;
 mod report;
 #[cfg(feature = "postgres")]
 mod retry;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -57,7 +73,7 @@ fn main() -> ExitCode {
     if let Err(missing) = check_features(settings.role) {
         return cli::usage_error(&missing);
     }
-    init_tracing();
+    let _telemetry = telemetry::init();
     run(settings)
 }
 
@@ -78,18 +94,6 @@ fn check_features(role: cli::Role) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    // tokio-postgres logs every server NOTICE ("schema already exists, skipping") at info.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
 }
 
 #[cfg(feature = "postgres")]

@@ -1,9 +1,10 @@
 //! The service's own tables and the order transaction: one order and its event, atomically.
 
 use deadpool_postgres::{Pool, PoolError};
-use outbox_core::Message;
+use outbox_core::{Message, TraceContext};
 use outbox_postgres::PgOutbox;
 use serde::Serialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Largest customer id, in bytes: it is the message key, which the outbox caps at 1 KiB.
@@ -31,6 +32,9 @@ pub(crate) struct Placed {
     pub(crate) seq: i64,
     /// The outbox message id: the event's `Nats-Msg-Id`.
     pub(crate) message_id: Uuid,
+    /// The W3C trace id the event carries in its `traceparent` header: the caller's, or a new
+    /// one.
+    pub(crate) trace_id: String,
 }
 
 /// The event payload, as the contract spells it.
@@ -179,10 +183,69 @@ impl Orders {
         tx.commit().await
     }
 
-    /// Places one order: locks or creates the customer's row (which gives the order its
-    /// per-customer `seq`), inserts the order and enqueues its `order_created` event, then commits.
-    /// Nothing is written unless all of it commits.
+    /// Places one order of the load generator, in a trace of its own: see
+    /// [`place_traced`](Orders::place_traced).
     pub(crate) async fn place(&self, order: &NewOrder) -> Result<Placed, OrderError> {
+        self.place_in_span(order, None, false).await
+    }
+
+    /// Places one order of a request that carried `incoming` (its `traceparent` and
+    /// `tracestate`), and logs it with its trace id.
+    ///
+    /// The event carries the trace context on to its consumers: with the `otel` feature, the
+    /// context of this order's span (a child of `incoming`, exported over OTLP); without it,
+    /// `incoming` as it came. With neither, a new trace starts here, so every order can be
+    /// followed from its event to its consumers.
+    pub(crate) async fn place_traced(
+        &self,
+        order: &NewOrder,
+        incoming: Option<TraceContext>,
+    ) -> Result<Placed, OrderError> {
+        self.place_in_span(order, incoming, true).await
+    }
+
+    async fn place_in_span(
+        &self,
+        order: &NewOrder,
+        incoming: Option<TraceContext>,
+        log: bool,
+    ) -> Result<Placed, OrderError> {
+        let span = tracing::info_span!(
+            "place_order",
+            customer_id = %order.customer_id,
+            trace_id = tracing::field::Empty,
+        );
+        #[cfg(feature = "otel")]
+        if let Some(incoming) = &incoming {
+            incoming.set_parent_of(&span);
+        }
+        let trace = span.in_scope(|| event_trace(incoming));
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+        let placed = self
+            .place_once(order, &trace)
+            .instrument(span.clone())
+            .await?;
+        span.in_scope(|| {
+            let (order_id, seq, message_id) = (placed.order_id, placed.seq, placed.message_id);
+            // One line per request is a service's usual log; the load generator's thousands of
+            // orders are summarised by its progress lines instead.
+            if log {
+                tracing::info!(%order_id, seq, %message_id, "order placed");
+            } else {
+                tracing::debug!(%order_id, seq, %message_id, "order placed");
+            }
+        });
+        Ok(placed)
+    }
+
+    /// Places one order: locks or creates the customer's row (which gives the order its
+    /// per-customer `seq`), inserts the order and enqueues its `order_created` event carrying
+    /// `trace`, then commits. Nothing is written unless all of it commits.
+    async fn place_once(
+        &self,
+        order: &NewOrder,
+        trace: &TraceContext,
+    ) -> Result<Placed, OrderError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let next_seq = tx.prepare_cached(&self.sql.next_seq).await?;
@@ -201,6 +264,7 @@ impl Orders {
         };
         let message = Message::builder(self.subject.as_str())
             .key(order.customer_id.as_str())
+            .trace_context(trace)
             .json(&event)
             .and_then(|builder| builder.build())
             .map_err(OrderError::Message)?;
@@ -225,8 +289,19 @@ impl Orders {
             customer_id: order.customer_id.clone(),
             seq,
             message_id: message.id(),
+            trace_id: trace.trace_id().to_string(),
         })
     }
+}
+
+/// The trace context an order's event carries: the current span's when OpenTelemetry records
+/// it (feature `otel` with an exporter), else the caller's, else a new trace.
+fn event_trace(incoming: Option<TraceContext>) -> TraceContext {
+    #[cfg(feature = "otel")]
+    if let Some(current) = TraceContext::current() {
+        return current;
+    }
+    incoming.unwrap_or_else(TraceContext::random)
 }
 
 #[cfg(test)]

@@ -17,61 +17,58 @@ use crate::retry;
 /// What the relay needs from the settings.
 #[derive(Clone, Debug)]
 pub(crate) struct RelaySettings {
-    nats_url: String,
+    nats: outbox_nats::NatsConnectOptions,
     nats_redacted: String,
     stream: String,
     stream_subjects: String,
     schema: String,
+    backlog_interval: Duration,
 }
 
 impl From<&Settings> for RelaySettings {
     fn from(settings: &Settings) -> Self {
         RelaySettings {
-            nats_url: settings.nats_url.clone(),
+            nats: settings.nats.clone(),
             nats_redacted: settings.nats_redacted.clone(),
             stream: settings.stream.clone(),
             stream_subjects: settings.stream_subjects(),
             schema: settings.schema.clone(),
+            backlog_interval: settings.backlog_interval,
         }
     }
 }
 
 /// Connects to NATS, provisions the stream, then runs the relay until `shutdown`; relay states
-/// go to `state` (for `/health`) and are logged.
+/// go to `state` (for `/health`) and are logged, the NATS client to `nats` once connected (for
+/// `/ready`).
 ///
 /// NATS being down at startup is retried with backoff; once connected, the client reconnects
 /// by itself and the relay retries failed publishes.
 pub(crate) async fn run(
     settings: RelaySettings,
     outbox: PgOutbox,
-    pg_config: tokio_postgres::Config,
+    pg_config: outbox_postgres::PgConnectOptions,
     state: watch::Sender<RelayState>,
+    nats: watch::Sender<Option<async_nats::Client>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let what = format!("connecting to NATS at {}", settings.nats_redacted);
-    // async-nats takes a list of servers, not a comma-separated string.
-    let servers: Vec<String> = settings
-        .nats_url
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .collect();
-    let connected = retry::until_ready(
-        &what,
-        &shutdown,
-        |_| true,
-        || {
-            async_nats::ConnectOptions::new()
-                .name("outbox-example")
-                .connection_timeout(Duration::from_secs(5))
-                .connect(servers.clone())
-        },
-    )
+    let options = settings
+        .nats
+        .clone()
+        .name("outbox-example")
+        .connection_timeout(Duration::from_secs(5));
+    // Refused credentials end the service; an unreachable server is waited for.
+    let connected = retry::until_ready(&what, &shutdown, outbox_nats::Error::is_transient, || {
+        options.connect()
+    })
     .await;
     let client = match connected {
         None => return Ok(()),
         Some(result) => result.context("NATS")?,
     };
     tracing::info!("connected to NATS at {}", settings.nats_redacted);
+    nats.send_replace(Some(client.clone()));
 
     let publisher = JetStreamPublisher::new(client);
     let spec = StreamSpec::new(
@@ -97,10 +94,13 @@ pub(crate) async fn run(
         spec.duplicate_window
     );
 
-    let store = PgStore::new(&outbox, pg_config);
+    let store = PgStore::with_connect_options(&outbox, &pg_config);
     let elector = store.elector();
-    let relay = Relay::new(store, publisher, elector, RelayConfig::default())
+    let config = RelayConfig::builder()
+        .backlog_interval(settings.backlog_interval)
+        .build()
         .context("relay configuration")?;
+    let relay = Relay::new(store, publisher, elector, config).context("relay configuration")?;
     let watcher = tokio::spawn(forward_states(relay.state(), state, settings));
     relay.run(shutdown).await;
     let _ = watcher.await;

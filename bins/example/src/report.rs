@@ -3,20 +3,10 @@
 
 use std::error::Error;
 
-/// `error` and its sources joined by `: `, skipping a source whose text the message already
-/// holds (wrappers that print their source themselves).
+/// `error` and its sources on one line, each source once (see
+/// [`error_chain`](outbox_core::redact::error_chain)).
 pub(crate) fn describe(error: &(dyn Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
+    outbox_core::redact::error_chain(error)
 }
 
 #[cfg(test)]

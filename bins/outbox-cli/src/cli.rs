@@ -2,10 +2,10 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use outbox_core::redact::redact_url;
 use outbox_postgres::dead_letter::DeadLetterFilter;
 use uuid::Uuid;
 
@@ -67,6 +67,30 @@ enum Command {
     /// List, replay or purge the messages the relay gave up on.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Delete published messages kept by a retention (PgConfig::retention) past an age. The
+    /// leading relay does this on its own; this is for doing it now, or with another age.
+    PurgePublished {
+        /// Only messages published more than this long ago (database clock), e.g. 90s, 12h, 7d;
+        /// 0s purges all.
+        #[arg(
+            long = "older-than",
+            default_value = "24h",
+            value_parser = parse_age,
+            value_name = "DURATION"
+        )]
+        older_than: Duration,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Rows per statement; each batch commits on its own.
+        #[arg(
+            long = "batch-size",
+            default_value_t = outbox_postgres::DEFAULT_PURGE_BATCH,
+            value_parser = parse_batch_size,
+            value_name = "N"
+        )]
+        batch_size: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,8 +169,8 @@ struct Selection {
 /// Validated settings: everything a command needs, checked before any connection is made.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    /// The database to connect to.
-    pub(crate) database: tokio_postgres::Config,
+    /// The database to connect to: the URL's TLS mode, certificates and password.
+    pub(crate) database: outbox_postgres::PgConnectOptions,
     /// The database URL without its password, for messages.
     pub(crate) database_redacted: String,
     /// Outbox schema, validated.
@@ -178,6 +202,19 @@ pub(crate) enum Action {
     },
     /// `dead-letters replay` or `dead-letters purge`.
     Bulk(Bulk),
+    /// `purge-published`.
+    PurgePublished(Purge),
+}
+
+/// A purge of published messages past an age.
+#[derive(Debug)]
+pub(crate) struct Purge {
+    /// Kept longer than this.
+    pub(crate) older_than: Duration,
+    /// Ask before acting (not with `--yes`).
+    pub(crate) confirm: bool,
+    /// Rows per statement.
+    pub(crate) batch_size: usize,
 }
 
 /// A replay or a purge of selected dead letters.
@@ -307,6 +344,22 @@ impl Cli {
             Command::DeadLetters(DeadLetterCommand::Purge(selection)) => {
                 Action::Bulk(selection.validate(BulkKind::Purge, stdin_is_terminal)?)
             }
+            Command::PurgePublished {
+                older_than,
+                yes,
+                batch_size,
+            } => {
+                if !yes && !stdin_is_terminal {
+                    return Err("refusing to purge without confirmation: stdin is not a \
+                                terminal; pass --yes to purge without asking"
+                        .to_owned());
+                }
+                Action::PurgePublished(Purge {
+                    older_than,
+                    confirm: !yes,
+                    batch_size,
+                })
+            }
         };
         Ok(Settings {
             database,
@@ -397,52 +450,22 @@ pub(crate) fn first_line(text: &str) -> String {
 
 /// Checks a PostgreSQL URL: the scheme, then everything tokio-postgres checks, then a user and a
 /// host (tokio-postgres has no defaults for them).
-fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+fn parse_database_url(url: &str) -> Result<outbox_postgres::PgConnectOptions, String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("expected postgres://user@host[:port]/database".to_owned());
     }
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| first_line(&e.to_string()))?;
-    if config.get_user().is_none() {
+    let options = outbox_postgres::PgConnectOptions::from_url(url).map_err(|e| match e {
+        // The caller's message quotes the URL already.
+        outbox_postgres::ConnectOptionsError::InvalidUrl { reason, .. } => first_line(&reason),
+        other => first_line(&other.to_string()),
+    })?;
+    if options.config().get_user().is_none() {
         return Err("no user (postgres://USER@host/database)".to_owned());
     }
-    if config.get_hosts().is_empty() {
+    if options.config().get_hosts().is_empty() {
         return Err("no host (postgres://user@HOST/database)".to_owned());
     }
-    Ok(config)
-}
-
-/// The URL with any password replaced by `***`, in the user-info part (`user:password@`) and in
-/// a `password=` query parameter. Works on malformed URLs too, so errors can quote them.
-pub(crate) fn redact_url(url: &str) -> String {
-    let redacted = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            // The user-info ends at the last '@' before the query: a password may itself hold
-            // '@' or '/', a host or database name does not.
-            let query_start = rest.find('?').unwrap_or(rest.len());
-            match rest[..query_start].rfind('@') {
-                Some(at) => {
-                    let (userinfo, host) = rest.split_at(at);
-                    match userinfo.split_once(':') {
-                        Some((user, _password)) => format!("{scheme}://{user}:***{host}"),
-                        None => url.to_owned(),
-                    }
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    };
-    let Some((base, query)) = redacted.split_once('?') else {
-        return redacted;
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
+    Ok(options)
 }
 
 fn parse_schema(value: &str) -> Result<String, String> {

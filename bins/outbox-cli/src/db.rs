@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use outbox_postgres::{PgConfig, PgOutbox};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 use crate::cli::Settings;
 
@@ -30,14 +30,15 @@ pub(crate) fn outbox(settings: &Settings) -> anyhow::Result<PgOutbox> {
 /// A connection, its task spawned. Retries a failure to reach the server (refused, timed out)
 /// [`ATTEMPTS`] times in all; an answer from the server (bad password, no such database) is final.
 pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    let mut config = settings.database.clone();
-    config
+    let mut options = settings.database.clone();
+    options
+        .config_mut()
         .application_name("outbox-cli")
         .connect_timeout(CONNECT_TIMEOUT);
     let mut pause = FIRST_PAUSE;
     let mut attempt = 1;
     loop {
-        match config.connect(NoTls).await {
+        match options.connect().await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
                     // A failure shows up as an error of the statement that was running.
@@ -88,17 +89,7 @@ pub(crate) fn failed(
 /// `error` and its sources on one line, each source once (drivers often print their source
 /// themselves, and PostgreSQL's DETAIL and HINT come on lines of their own).
 pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    one_line(&message)
+    outbox_core::redact::error_chain(error)
 }
 
 /// `text` with its lines joined by `; `.

@@ -36,6 +36,7 @@ mod confirm;
 mod db;
 mod dead_letters;
 mod output;
+mod published;
 mod status;
 
 use std::process::ExitCode;
@@ -80,6 +81,7 @@ async fn run(settings: &Settings) -> anyhow::Result<()> {
             offset,
         } => dead_letters::list(settings, filter, *limit, *offset).await,
         Action::Bulk(bulk) => dead_letters::bulk(settings, bulk).await,
+        Action::PurgePublished(purge) => published::purge(settings, purge).await,
     }
 }
 

@@ -160,15 +160,22 @@ async fn migrate_applies_the_embedded_migrations_once() {
     let f = Fixture::new(false).await;
     let first = f.run(&["migrate", "--json"]).await.json();
     assert_eq!(first["schema"], f.db.schema());
-    assert_eq!(first["applied"], serde_json::json!([1]));
-    assert_eq!(first["version"], 1);
+    let all: Vec<i32> = (1..=PgOutbox::SCHEMA_VERSION).collect();
+    assert_eq!(first["applied"], serde_json::json!(all));
+    assert_eq!(first["version"], PgOutbox::SCHEMA_VERSION);
     assert_eq!(f.count("messages").await, 0);
 
     let again = f.run(&["--json", "migrate"]).await.json();
     assert_eq!(again["applied"], serde_json::json!([]));
-    assert_eq!(again["version"], 1);
+    assert_eq!(again["version"], PgOutbox::SCHEMA_VERSION);
     let text = f.run(&["migrate"]).await;
-    assert!(text.text().contains("up to date (version 1)"), "{text:?}");
+    assert!(
+        text.text().contains(&format!(
+            "up to date (version {})",
+            PgOutbox::SCHEMA_VERSION
+        )),
+        "{text:?}"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +183,7 @@ async fn status_of_an_empty_outbox() {
     let f = Fixture::new(true).await;
     let status = f.run(&["status", "--json"]).await.json();
     assert_eq!(status["schema"], f.db.schema());
-    assert_eq!(status["schema_version"], 1);
+    assert_eq!(status["schema_version"], PgOutbox::SCHEMA_VERSION);
     for field in ["pending", "due", "not_due", "retrying", "dead_letters"] {
         assert_eq!(status[field], 0, "{field}: {status}");
     }
@@ -790,4 +797,72 @@ async fn on_a_terminal_destructive_commands_ask_first() {
         "{agreed:?}"
     );
     assert_eq!(f.count("dead_letters").await, 0);
+}
+
+#[tokio::test]
+async fn purge_published_deletes_what_a_retention_kept_past_the_age() {
+    let f = Fixture::new(true).await;
+    let retaining = PgOutbox::new(
+        PgConfig::builder()
+            .schema(f.db.schema())
+            .retention(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let messages: Vec<Message> = (0..5)
+        .map(|i| {
+            Message::builder("cli.published")
+                .key(format!("key-{i}"))
+                .payload(format!("{i}"))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let seqs = retaining.enqueue_batch(&f.client, &messages).await.unwrap();
+    let store = PgStore::new(&retaining, f.db.pg_config());
+    store.complete(&seqs).await.unwrap();
+    // Three of the five were published two days ago.
+    f.client
+        .execute(
+            &format!(
+                "UPDATE {}.published SET published_at = now() - interval '2 days' \
+                 WHERE seq = ANY($1)",
+                f.db.schema()
+            ),
+            &[&&seqs[..3]],
+        )
+        .await
+        .unwrap();
+
+    f.run(&["purge-published"])
+        .await
+        .fails(2, "refusing to purge without confirmation");
+    let report = f
+        .run(&["purge-published", "--yes", "--json", "--batch-size", "2"])
+        .await
+        .json();
+    assert_eq!(report["matched"], 3, "{report}");
+    assert_eq!(report["purged"], 3, "{report}");
+    assert_eq!(report["older_than_seconds"], 86_400);
+    let left: i64 = f
+        .client
+        .query_one(
+            &format!("SELECT count(*) FROM {}.published", f.db.schema()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2);
+
+    let text = f
+        .run(&["purge-published", "--yes", "--older-than", "0s"])
+        .await;
+    assert!(
+        text.text().contains("Purged 2 published messages"),
+        "{text:?}"
+    );
+    let text = f.run(&["purge-published", "--yes"]).await;
+    assert!(text.text().contains("nothing to purge"), "{text:?}");
 }

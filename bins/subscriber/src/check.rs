@@ -23,6 +23,7 @@
 //!   highest seen so far is marked as a gap when it arrives.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 use serde::Serialize;
 
@@ -151,7 +152,8 @@ impl KeyState {
     /// `seq` values missing between `start` (or the lowest seen) and the highest seen.
     fn missing(&self, from_start: bool) -> u64 {
         let start = if from_start { 1 } else { self.lowest };
-        (self.highest + 1)
+        self.highest
+            .saturating_add(1)
             .saturating_sub(start)
             .saturating_sub(self.seqs.len() as u64)
     }
@@ -206,7 +208,7 @@ impl Checker {
             .map(|(_, &s)| s);
         let after = state
             .by_position
-            .range(position + 1..)
+            .range((Bound::Excluded(position), Bound::Unbounded))
             .next()
             .map(|(_, &s)| s);
         let highest_before = if first { None } else { Some(state.highest) };
@@ -233,7 +235,7 @@ impl Checker {
             };
         }
         let expected = match highest_before {
-            Some(highest) => highest + 1,
+            Some(highest) => highest.saturating_add(1),
             None if self.from_start => 1,
             None => seq,
         };
@@ -261,7 +263,7 @@ impl Checker {
             .keys
             .values()
             .map(|state| state.missing(self.from_start))
-            .sum();
+            .fold(0, u64::saturating_add);
         summary
     }
 }
@@ -296,6 +298,18 @@ mod tests {
         }
         assert_eq!(counts(&c), (4, 4, 0, 0, 0));
         assert_eq!((c.summary().keys, c.summary().unchecked), (2, 0));
+    }
+
+    #[test]
+    fn the_largest_seq_and_stream_position_do_not_overflow() {
+        // Found by fuzzing: `seq` and the stream sequence are only bounded by u64.
+        let mut c = Checker::new(true);
+        c.observe(msg("a", u64::MAX, "k", u64::MAX));
+        c.observe(msg("b", u64::MAX - 1, "k", u64::MAX));
+        c.observe(msg("c", 1, "j", u64::MAX));
+        let summary = c.summary();
+        assert_eq!(summary.keys, 2);
+        assert_eq!(summary.gaps, u64::MAX);
     }
 
     #[test]

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use async_nats::ServerAddr;
 use clap::Parser;
+use clap::builder::BoolishValueParser;
 
 /// Seconds `--expect` waits when `--timeout` is not given.
 pub(crate) const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 60;
+
+/// The database `--inbox` uses when neither `--database-url` nor `DATABASE_URL` is given.
+pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Reads a JetStream stream and checks what arrives: duplicates (by Nats-Msg-Id) and the order
 /// of each key's messages (the payload's `seq`, per Outbox-Key header or `customer_id`).
@@ -26,6 +30,9 @@ pub(crate) struct Cli {
         value_name = "URL"
     )]
     pub(crate) nats_url: NatsServers,
+
+    #[command(flatten)]
+    pub(crate) nats_security: outbox_nats::NatsSecurityArgs,
 
     /// JetStream stream to read.
     #[arg(long, default_value = "ORDERS", value_name = "NAME", value_parser = parse_name)]
@@ -58,6 +65,27 @@ pub(crate) struct Cli {
     /// Also print the summary as one JSON line on stdout, after the human one.
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Apply each message once to PostgreSQL through an inbox (its id recorded and its effect
+    /// written in one transaction), and ack it after the commit; messages applied before are
+    /// skipped.
+    #[arg(long, env = "SUBSCRIBER_INBOX", value_parser = BoolishValueParser::new())]
+    pub(crate) inbox: bool,
+
+    /// PostgreSQL URL for --inbox (postgres://user[:password]@host[:port]/database).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = DEFAULT_DATABASE_URL,
+        alias = "dsn",
+        value_name = "URL"
+    )]
+    pub(crate) database_url: DatabaseUrlArg,
+
+    /// Schema of the inbox table and of the table the messages are applied to, for --inbox.
+    #[arg(long, default_value = "subscriber", value_name = "NAME", value_parser = parse_schema)]
+    pub(crate) inbox_schema: String,
 }
 
 impl Cli {
@@ -71,6 +99,41 @@ impl Cli {
     /// Whether the consumer starts at the stream's first message, so every key starts at seq 1.
     pub(crate) fn reads_from_start(&self) -> bool {
         !self.new && self.durable.is_none()
+    }
+
+    /// The NATS servers with the credentials and TLS settings given, checked (files read).
+    pub(crate) fn nats_options(&self) -> Result<outbox_nats::NatsConnectOptions, String> {
+        outbox_nats::NatsConnectOptions::with_servers(self.nats_url.addrs().iter().cloned())
+            .and_then(|options| options.with_security(&self.nats_security.clone().into()))
+            .map(|options| options.name("outbox-subscriber"))
+            .map_err(|e| format!("invalid NATS settings: {e}"))
+    }
+}
+
+/// `--database-url` as given. It is checked only with `--inbox`, so that a `DATABASE_URL` meant
+/// for another program does not stop a run that only checks the stream. It may hold a password,
+/// so it is never shown: `Debug` hides it.
+#[derive(Clone)]
+pub(crate) struct DatabaseUrlArg(String);
+
+impl DatabaseUrlArg {
+    /// The URL, password included: for connecting, never for printing.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrlArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrlArg(..)")
+    }
+}
+
+impl FromStr for DatabaseUrlArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
     }
 }
 
@@ -88,9 +151,10 @@ impl NatsServers {
     }
 }
 
+/// The servers as given, passwords and tokens masked.
 impl fmt::Display for NatsServers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&outbox_core::redact::redact_url(&self.text))
     }
 }
 
@@ -136,6 +200,12 @@ fn parse_server(text: &str) -> Result<ServerAddr, String> {
         ));
     }
     ServerAddr::from_url(url).map_err(|e| format!("{text}: {e}"))
+}
+
+/// A PostgreSQL schema name, by the inbox's rules (quoted in every statement anyway).
+fn parse_schema(text: &str) -> Result<String, String> {
+    outbox_postgres::validate_schema(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
 }
 
 /// A stream or consumer name: what JetStream accepts in its API subjects.
@@ -200,6 +270,28 @@ mod tests {
         assert_eq!(cli.expect, None);
         assert_eq!(cli.time_limit(), None);
         assert!(cli.reads_from_start());
+        assert!(!cli.inbox);
+        assert_eq!(cli.inbox_schema, "subscriber");
+    }
+
+    #[test]
+    fn inbox_flags_parse_and_bad_schemas_are_usage_errors() {
+        let cli = parse(&[
+            "--inbox",
+            "--inbox-schema",
+            "audit_1",
+            "--database-url",
+            "postgres://u:s3cret@db:5432/app",
+        ])
+        .expect("parses");
+        assert!(cli.inbox);
+        assert_eq!(cli.inbox_schema, "audit_1");
+        assert_eq!(cli.database_url.expose(), "postgres://u:s3cret@db:5432/app");
+        assert!(!format!("{cli:?}").contains("s3cret"));
+        for bad in ["1audit", "a;b", "pg_x", ""] {
+            let err = parse(&["--inbox-schema", bad]).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}: {err}");
+        }
     }
 
     #[test]

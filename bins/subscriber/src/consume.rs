@@ -6,21 +6,22 @@
 //! The default consumer is ephemeral and remembers the stream sequence it reached, so after a
 //! failure it is recreated exactly where it stopped (the way async-nats' ordered consumer does,
 //! but also correct for `--new` before the first message). A durable consumer keeps its position
-//! on the server, and its messages are acked after they are checked.
+//! on the server, and its messages are acked after they are checked. With `--inbox` the ephemeral
+//! consumer acks explicitly too, after the message's effect committed: a message left unacked is
+//! delivered again.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::{ConsumerErrorKind, Stream as JsStream};
-use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind};
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::jetstream::{self, AckKind, ErrorCode, context::GetStreamErrorKind};
+use async_nats::{Client, Event};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::check::{KEY_HEADER, MSG_ID_HEADER};
-use crate::cli::NatsServers;
 
 /// How often an idle consumer must show it is alive; two missed heartbeats mean it is gone.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -41,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) subject: String,
     pub(crate) durable: Option<String>,
     pub(crate) new_only: bool,
+    /// Whether every message is acked (or terminated) as the handler says: always for a durable
+    /// consumer, and for an ephemeral one with `--inbox`.
+    pub(crate) explicit_ack: bool,
 }
 
 /// A message as the checks and the output see it.
@@ -54,12 +58,32 @@ pub(crate) struct Delivery<'a> {
     pub(crate) payload: &'a [u8],
 }
 
+/// What a handler made of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// `Break` ends the loop (after the message is settled).
+    pub(crate) flow: ControlFlow<()>,
+    /// What an explicitly acking consumer tells the server.
+    pub(crate) settle: Settle,
+}
+
+/// How a message is settled with the server (consumers with explicit acks only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done with it.
+    Ack,
+    /// It can never be handled: the server must not deliver it again.
+    Terminate,
+    /// Not handled: left unacked, so the server delivers it again after its ack wait.
+    Leave,
+}
+
 /// Receives what the consumer loop sees.
 pub(crate) trait Handler {
     /// A consumer is attached and reading (called again after each re-attach).
     fn attached(&mut self, description: &str);
-    /// One message; `Break` ends the loop (after the message is acked).
-    fn message(&mut self, delivery: &Delivery<'_>) -> ControlFlow<()>;
+    /// One message.
+    async fn message(&mut self, delivery: &Delivery<'_>) -> Reply;
     /// How many more messages the handler needs at most (`None`: no limit).
     fn wanted(&self) -> Option<u64>;
 }
@@ -86,27 +110,29 @@ fn backoff() -> ExponentialBuilder {
 }
 
 /// Connects to NATS, retrying with backoff until it answers. Later disconnects are healed by
-/// async-nats itself; its events are logged.
-pub(crate) async fn connect(servers: &NatsServers) -> Client {
-    info!("connecting to NATS at {servers}");
-    let attempt = || async {
-        ConnectOptions::new()
-            .name("outbox-subscriber")
-            .event_callback(|event| async move { log_event(&event) })
-            .connect(servers.addrs())
-            .await
-    };
+/// async-nats itself; its events are logged. Refused credentials or TLS settings are
+/// [`AttachError::Rejected`]: waiting does not change them.
+pub(crate) async fn connect(
+    options: &outbox_nats::NatsConnectOptions,
+) -> Result<Client, AttachError> {
+    info!("connecting to NATS at {options}");
+    let attempt =
+        || options.connect_with(|o| o.event_callback(|event| async move { log_event(&event) }));
     loop {
         let result = attempt
             .retry(backoff())
+            .when(outbox_nats::Error::is_transient)
             .notify(|err, delay| {
-                warn!("cannot reach NATS at {servers}: {err}; retrying in {delay:.1?}");
+                warn!("cannot reach NATS: {err}; retrying in {delay:.1?}");
             })
             .await;
         match result {
-            Ok(client) => return client,
+            Ok(client) => return Ok(client),
+            Err(err) if !err.is_transient() => {
+                return Err(AttachError::Rejected(format!("NATS refused us: {err}")));
+            }
             // Unreachable with an unbounded backoff; if it happens, start a fresh one.
-            Err(err) => warn!("cannot reach NATS at {servers}: {err}"),
+            Err(err) => warn!("cannot reach NATS: {err}"),
         }
     }
 }
@@ -274,14 +300,19 @@ impl Consumer {
             key: header(KEY_HEADER),
             payload: &message.payload,
         };
-        let flow = handler.message(&delivery);
-        if self.settings.durable.is_some()
-            && let Err(err) = message.ack().await
-        {
-            // The server delivers it again later; the checker counts that as a redelivery.
-            warn!("cannot ack message on {}: {err}", message.subject);
+        let reply = crate::telemetry::traced(message, handler.message(&delivery)).await;
+        if self.settings.explicit_ack {
+            let sent = match reply.settle {
+                Settle::Ack => message.ack().await,
+                Settle::Terminate => message.ack_with(AckKind::Term).await,
+                Settle::Leave => Ok(()),
+            };
+            if let Err(err) = sent {
+                // The server delivers it again later; the checker counts that as a redelivery.
+                warn!("cannot ack message on {}: {err}", message.subject);
+            }
         }
-        flow
+        reply.flow
     }
 
     /// Finds the stream and creates (or finds) the consumer; returns it with a description for
@@ -320,8 +351,13 @@ impl Consumer {
             .create_consumer(pull::Config {
                 filter_subject: self.settings.subject.clone(),
                 deliver_policy,
-                // Nothing to ack: a replacement consumer resumes from `resume_at`.
-                ack_policy: AckPolicy::None,
+                // Without --inbox nothing is acked: a replacement consumer resumes from
+                // `resume_at`. With it, a message whose effect did not commit must come back.
+                ack_policy: if self.settings.explicit_ack {
+                    AckPolicy::Explicit
+                } else {
+                    AckPolicy::None
+                },
                 inactive_threshold: EPHEMERAL_INACTIVE,
                 description: Some("outbox subscriber (ephemeral)".to_owned()),
                 ..Default::default()

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::check::{Summary, Verdict};
 use crate::consume::Delivery;
+use crate::inbox::{Applied, InboxCounts};
 
 /// How the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -22,6 +23,8 @@ pub(crate) enum Outcome {
     Interrupted,
     /// The server rejected the stream, subject or consumer settings.
     Rejected,
+    /// With `--inbox`: the database refused the inbox's work for a reason that will not pass.
+    Failed,
 }
 
 /// The summary as printed in JSON.
@@ -34,6 +37,9 @@ pub(crate) struct Report {
     /// Whether a consumer was ever attached to the stream; false means nothing was checked.
     pub(crate) attached: bool,
     pub(crate) elapsed_ms: u64,
+    /// With `--inbox`: what the inbox applied, skipped and rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) inbox: Option<InboxCounts>,
 }
 
 /// Writes the stdout lines.
@@ -49,11 +55,17 @@ impl Output {
     }
 
     /// One line per message, like the original Go subscriber's "Received message", with the
-    /// headers the checks use and a marker when the message is not simply in order.
-    pub(crate) fn message(&self, shown: &Delivery<'_>, verdict: &Verdict) {
+    /// headers the checks use and a marker when the message is not simply in order, or (with
+    /// `--inbox`) was not applied this time.
+    pub(crate) fn message(&self, shown: &Delivery<'_>, verdict: &Verdict, inbox: Option<Applied>) {
         if self.quiet {
             return;
         }
+        let applied = match inbox {
+            None | Some(Applied::New) => "",
+            Some(Applied::Duplicate) => " [ALREADY APPLIED: skipped]",
+            Some(Applied::Rejected) => " [NOT APPLIED: no UUID msg id]",
+        };
         let marker = match verdict {
             Verdict::InOrder | Verdict::Unchecked => String::new(),
             Verdict::Gap { missing, .. } => format!(" [GAP: {missing} missing before it]"),
@@ -67,7 +79,7 @@ impl Output {
             ),
         };
         line(&format!(
-            "received message: subject={} stream_seq={} msg_id={} key={} payload={}{marker}",
+            "received message: subject={} stream_seq={} msg_id={} key={} payload={}{marker}{applied}",
             shown.subject,
             shown
                 .stream_seq
@@ -85,9 +97,18 @@ impl Output {
             .expected
             .map(|n| format!(" expected={n}"))
             .unwrap_or_default();
+        let inbox = report
+            .inbox
+            .map(|c| {
+                format!(
+                    " inbox_applied={} inbox_skipped={} inbox_rejected={}",
+                    c.applied, c.skipped, c.rejected
+                )
+            })
+            .unwrap_or_default();
         line(&format!(
             "summary: outcome={} received={} distinct={} duplicates={} redelivered={} \
-             violations={} gaps={} keys={} unchecked={}{expected} elapsed={:.1}s",
+             violations={} gaps={} keys={} unchecked={}{expected}{inbox} elapsed={:.1}s",
             outcome_name(report.outcome),
             s.received,
             s.distinct,
@@ -115,6 +136,7 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Timeout => "timeout",
         Outcome::Interrupted => "interrupted",
         Outcome::Rejected => "rejected",
+        Outcome::Failed => "failed",
     }
 }
 
@@ -145,6 +167,7 @@ mod tests {
             expected: Some(2),
             attached: true,
             elapsed_ms: 5,
+            inbox: None,
         };
         let value: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&report).expect("encodes"))
@@ -156,6 +179,7 @@ mod tests {
         assert_eq!(value["violations"], 0);
         assert_eq!(value["expected"], 2);
         assert_eq!(value["attached"], true);
+        assert!(value.get("inbox").is_none(), "no inbox key without --inbox");
     }
 
     #[test]
@@ -166,6 +190,7 @@ mod tests {
             Outcome::Timeout,
             Outcome::Interrupted,
             Outcome::Rejected,
+            Outcome::Failed,
         ] {
             assert_eq!(
                 serde_json::to_value(o).expect("encodes"),

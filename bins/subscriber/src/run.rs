@@ -9,19 +9,40 @@ use tracing::{error, info, warn};
 
 use crate::check::{Checker, Observation, Verdict};
 use crate::cli::Cli;
-use crate::consume::{self, AttachError, Delivery, Handler, Settings};
+use crate::consume::{self, AttachError, Delivery, Handler, Reply, Settings, Settle};
+use crate::inbox::{Applied, Inbox};
 use crate::output::{Outcome, Output, Report};
 
 /// Runs the subscriber as `cli` says; returns the process exit code.
 pub(crate) async fn run(cli: &Cli) -> u8 {
     let started = Instant::now();
     let limit = cli.time_limit();
+    // Bad input found before anything connects: one line and exit 2, as for a bad flag.
+    let inbox = match cli
+        .inbox
+        .then(|| Inbox::new(cli.database_url.expose(), &cli.inbox_schema))
+        .transpose()
+    {
+        Ok(inbox) => inbox,
+        Err(reason) => {
+            error!("{reason}");
+            return 2;
+        }
+    };
+    let nats = match cli.nats_options() {
+        Ok(nats) => nats,
+        Err(reason) => {
+            error!("{reason}");
+            return 2;
+        }
+    };
     let mut verifier = Verifier {
         checker: Checker::new(cli.reads_from_start()),
         output: Output::new(cli.quiet, cli.json),
         expect: cli.expect,
         attached: false,
         finished: None,
+        inbox,
     };
     if let Some(n) = cli.expect {
         info!(
@@ -34,9 +55,22 @@ pub(crate) async fn run(cli: &Cli) -> u8 {
         subject: cli.subject.clone(),
         durable: cli.durable.clone(),
         new_only: cli.new,
+        explicit_ack: cli.durable.is_some() || cli.inbox,
     };
     let work = async {
-        let client = consume::connect(&cli.nats_url).await;
+        if let Some(inbox) = &mut verifier.inbox
+            && let Err(fatal) = inbox.prepare().await
+        {
+            error!("{fatal}");
+            return Outcome::Failed;
+        }
+        let client = match consume::connect(&nats).await {
+            Ok(client) => client,
+            Err(AttachError::Rejected(reason) | AttachError::Transient(reason)) => {
+                error!("{reason}");
+                return Outcome::Rejected;
+            }
+        };
         let result = consume::Consumer::new(client, settings)
             .run(&mut verifier)
             .await;
@@ -62,13 +96,15 @@ pub(crate) async fn run(cli: &Cli) -> u8 {
         expected: cli.expect,
         attached: verifier.attached,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        inbox: verifier.inbox.as_ref().map(Inbox::counts),
     };
     explain(&report, limit);
     verifier.output.summary(&report);
     exit_code(&report)
 }
 
-/// Checks and prints each message; decides when `--expect` is met or broken.
+/// Checks and prints each message, and with `--inbox` applies it; decides when `--expect` is
+/// met or broken.
 #[derive(Debug)]
 struct Verifier {
     checker: Checker,
@@ -76,6 +112,7 @@ struct Verifier {
     expect: Option<u64>,
     attached: bool,
     finished: Option<Outcome>,
+    inbox: Option<Inbox>,
 }
 
 impl Handler for Verifier {
@@ -89,7 +126,7 @@ impl Handler for Verifier {
         info!("{description}");
     }
 
-    fn message(&mut self, delivery: &Delivery<'_>) -> ControlFlow<()> {
+    async fn message(&mut self, delivery: &Delivery<'_>) -> Reply {
         let observation = Observation::parse(
             delivery.msg_id,
             delivery.key,
@@ -97,12 +134,53 @@ impl Handler for Verifier {
             delivery.payload,
         );
         let verdict = self.checker.observe(observation);
-        self.output.message(delivery, &verdict);
+        let applied = match &mut self.inbox {
+            None => None,
+            Some(inbox) => match inbox.apply(delivery).await {
+                Ok(applied) => Some(applied),
+                Err(fatal) => {
+                    // Left unacked: whoever runs next gets it again.
+                    error!("{fatal}");
+                    self.finished = Some(Outcome::Failed);
+                    return Reply {
+                        flow: ControlFlow::Break(()),
+                        settle: Settle::Leave,
+                    };
+                }
+            },
+        };
+        self.output.message(delivery, &verdict, applied);
         let msg_id = delivery.msg_id.unwrap_or("-");
         let at = delivery
             .stream_seq
             .map_or_else(|| "-".to_owned(), |s| s.to_string());
-        match &verdict {
+        let settle = match applied {
+            Some(Applied::Duplicate) => {
+                info!(
+                    "redelivered, skipped: msg id {msg_id} (stream sequence {at}) was applied before"
+                );
+                Settle::Ack
+            }
+            Some(Applied::Rejected) => {
+                warn!(
+                    "not applied: msg id {msg_id} (stream sequence {at}) is not a UUID, so the \
+                     inbox cannot recognise it again; terminated"
+                );
+                Settle::Terminate
+            }
+            Some(Applied::New) | None => Settle::Ack,
+        };
+        Reply {
+            flow: self.judge(&verdict, msg_id, &at),
+            settle,
+        }
+    }
+}
+
+impl Verifier {
+    /// Logs what is wrong with a message and decides whether the run goes on.
+    fn judge(&mut self, verdict: &Verdict, msg_id: &str, at: &str) -> ControlFlow<()> {
+        match verdict {
             Verdict::OutOfOrder {
                 key,
                 seq,
@@ -146,7 +224,7 @@ impl Handler for Verifier {
 fn exit_code(report: &Report) -> u8 {
     match report.outcome {
         Outcome::Complete => 0,
-        Outcome::Violation => 1,
+        Outcome::Violation | Outcome::Failed => 1,
         Outcome::Rejected => 2,
         Outcome::Timeout | Outcome::Interrupted => {
             let verified =
@@ -224,6 +302,7 @@ mod tests {
             expected,
             attached,
             elapsed_ms: 0,
+            inbox: None,
         }
     }
 
@@ -232,6 +311,7 @@ mod tests {
         assert_eq!(exit_code(&report(Outcome::Complete, Some(3), true, 0)), 0);
         assert_eq!(exit_code(&report(Outcome::Violation, Some(3), true, 1)), 1);
         assert_eq!(exit_code(&report(Outcome::Rejected, None, true, 0)), 2);
+        assert_eq!(exit_code(&report(Outcome::Failed, None, true, 0)), 1);
         // --expect not met in time, or interrupted before it was met.
         assert_eq!(exit_code(&report(Outcome::Timeout, Some(3), true, 0)), 1);
         assert_eq!(

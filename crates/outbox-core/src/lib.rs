@@ -16,6 +16,8 @@
 //! | [`config`] | [`RelayConfig`] and its builder |
 //! | [`error`] | [`Error`], which says whether a failure is worth retrying |
 //! | [`telemetry`] | the `outbox_*` metrics the relay records through the `metrics` facade |
+//! | [`trace`] | [`TraceContext`]: the W3C `traceparent` a message carries to its consumers |
+//! | [`redact`] | [`redact_url`](redact::redact_url), [`Secret`](redact::Secret), [`error_chain`](redact::error_chain): secrets kept out of logs and errors |
 //! | `memory` | in-memory store, broker and elector (feature `memory`) |
 //!
 //! # Features
@@ -23,6 +25,7 @@
 //! | Feature | Default | Enables |
 //! |---|---|---|
 //! | `memory` | off | [`memory`](crate) module: the reference backend for unit tests |
+//! | `opentelemetry` | off | [`TraceContext::current`](trace::TraceContext) and messages that pick up the current span's context (through `tracing-opentelemetry`) |
 //!
 //! # Examples
 //!
@@ -62,9 +65,11 @@ pub mod error;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod message;
+pub mod redact;
 pub mod relay;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use broker::{Ack, Broker, PendingAck};
 pub use config::{KeyOrder, RelayConfig, RelayConfigBuilder};
@@ -73,6 +78,7 @@ pub use error::{BoxError, Error};
 pub use message::{Headers, Message, MessageBuilder, Schedule};
 pub use relay::{Relay, RelayState};
 pub use store::{Backlog, ClaimRequest, Claimed, Failure, FailureAction, Store};
+pub use trace::TraceContext;
 
 /// Re-exported so that backends and users name the same cancellation token type.
 pub use tokio_util::sync::CancellationToken;

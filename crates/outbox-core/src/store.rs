@@ -91,6 +91,10 @@ pub enum FailureAction {
 /// - [`fail`](Store::fail) reschedules or dead-letters each message as told.
 /// - Messages of rolled-back transactions are never returned.
 ///
+/// The relay may run a [`complete`](Store::complete) and a [`claim`](Store::claim) at the same
+/// time (it pipelines them into one round trip); the seqs being completed are in the claim's
+/// `exclude` list, so either order of execution is correct.
+///
 /// A store used under an [`Elector`](crate::Elector) should refuse to claim or complete when this
 /// instance no longer leads (the PostgreSQL store does this by working on the session that holds
 /// the leadership lock).
@@ -110,6 +114,14 @@ pub trait Store: Send + Sync + 'static {
     /// `outbox_lag_seconds` gauges. The default returns `None`.
     async fn backlog(&self) -> Result<Option<Backlog>, Error> {
         Ok(None)
+    }
+
+    /// Upkeep the store does while its relay leads, such as purging published messages kept
+    /// for a retention period. Called every
+    /// [`backlog_interval`](crate::RelayConfig::backlog_interval), right after the backlog is
+    /// sampled; it should do a bounded amount of work and return. The default does nothing.
+    async fn housekeep(&self) -> Result<(), Error> {
+        Ok(())
     }
 
     /// Waits until new messages may be due, or until `timeout` passed.

@@ -45,7 +45,10 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 pub fn nats_headers(message: &Message) -> Result<HeaderMap, Error> {
     let mut headers = HeaderMap::new();
     for (name, value) in message.headers() {
-        if name.eq_ignore_ascii_case(MSG_ID_HEADER) || name.eq_ignore_ascii_case(KEY_HEADER) {
+        // The builder refuses reserved names (`Nats-*`, `Outbox-Key`); a row written around it
+        // (by hand, or before that check existed) must still not forge the id or key, nor make
+        // the publish conditional or a stream purge.
+        if outbox_core::message::is_reserved_header(name) {
             continue;
         }
         headers.insert(header_name(name)?, header_value(name, value)?);
@@ -143,12 +146,13 @@ mod tests {
 
     #[test]
     fn message_headers_cannot_forge_id_or_key() {
+        // `build_stored`: as if written around the builder's checks.
         let m = Message::builder("a")
             .header("nats-msg-id", "forged")
             .header("Nats-Msg-Id", "forged")
             .header("OUTBOX-KEY", "forged")
-            .build()
-            .unwrap();
+            .header("Nats-Rollup", "all")
+            .build_stored();
         let h = nats_headers(&m).unwrap();
         assert_eq!(get(&h, MSG_ID_HEADER), Some(m.id().to_string().as_str()));
         assert_eq!(h.iter().count(), 1, "{h:?}");

@@ -22,8 +22,14 @@
 //! | [`stream`] | [`StreamSpec`] and [`ensure_stream`]: create or update the stream |
 //! | [`headers`] | [`KEY_HEADER`], [`MSG_ID_HEADER`] and the message → NATS mapping |
 //! | [`config`] | [`JetStreamConfig`] (ack timeout, ack window) and [`CoreConfig`] |
-//! | [`connect`](mod@connect) | [`connect`](fn@connect) and [`parse_url`]: clear errors for bad URLs and unreachable servers |
+//! | [`connect`](mod@connect) | [`NatsConnectOptions`] and [`NatsSecurity`]: TLS, user/password, token, NKey and `.creds` credentials; [`connect`](fn@connect) and [`parse_url`]: clear errors for bad URLs and unreachable servers |
 //! | [`error`] | [`Error`]: transient or permanent |
+//!
+//! # Features
+//!
+//! | Feature | Default | Enables |
+//! |---|---|---|
+//! | `clap` | off | `NatsSecurityArgs`: `--nats-creds`, `--nats-token`, ... for a clap command line |
 //!
 //! # Examples
 //!
@@ -58,7 +64,11 @@ pub mod publisher;
 pub mod stream;
 
 pub use config::{CoreConfig, CoreConfigBuilder, JetStreamConfig, JetStreamConfigBuilder};
-pub use connect::{connect, connect_with_options, parse_url};
+#[cfg(feature = "clap")]
+pub use connect::NatsSecurityArgs;
+pub use connect::{
+    NatsConnectOptions, NatsCredentials, NatsSecurity, connect, connect_with_options, parse_url,
+};
 pub use error::Error;
 pub use headers::{KEY_HEADER, MSG_ID_HEADER};
 pub use publisher::{CorePublisher, JetStreamPublisher};

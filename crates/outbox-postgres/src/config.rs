@@ -88,7 +88,9 @@ impl Keepalive {
 pub struct PgConfig {
     /// The schema holding the outbox tables. Default: `"outbox"`.
     ///
-    /// Must match `^[a-z_][a-z0-9_]{0,62}$` and not start with `pg_`; it is quoted in SQL anyway.
+    /// Must match `^[A-Za-z_][A-Za-z0-9_]{0,62}$` and not start with `pg_` (see
+    /// [`validate_schema`]). It is quoted in every statement, so its letter case is kept:
+    /// `Billing` and `billing` are two schemas, and in `psql` you write `"Billing".messages`.
     /// Several schemas give independent outboxes (tenants, tests) in one database.
     pub schema: String,
     /// The advisory lock key the leader holds. Default: `None`, meaning
@@ -115,6 +117,19 @@ pub struct PgConfig {
     /// Default: `None`, meaning `"outbox-relay <schema>"` (and `"outbox-listen <schema>"` for the
     /// `LISTEN` connection).
     pub application_name: Option<String>,
+    /// Largest message [`PgOutbox::enqueue`](crate::PgOutbox::enqueue) accepts, in bytes, as
+    /// [`Message::wire_size`](outbox_core::Message::wire_size) counts it: payload and headers,
+    /// the id and key headers included. Default: 1 MiB, NATS' default `max_payload`. A larger
+    /// message is refused with [`Error::InvalidMessage`] and nothing is written, instead of
+    /// being dead-lettered by the broker later. Set it to your broker's limit; at least 1 KiB.
+    pub max_payload: usize,
+    /// Keep published messages this long instead of deleting them. Default: `None` (deleted
+    /// once acknowledged). With a retention, an acknowledged message moves from `messages` to
+    /// `published` (with `published_at`) in the statement that would have deleted it, so the hot
+    /// table stays as small as without; the leading relay purges rows older than the retention
+    /// in batches, and `outbox purge-published` (or
+    /// [`PgOutbox::purge_published`](crate::PgOutbox::purge_published)) does on demand.
+    pub retention: Option<Duration>,
 }
 
 impl Default for PgConfig {
@@ -129,9 +144,14 @@ impl Default for PgConfig {
             connect_timeout: Duration::from_secs(5),
             keepalive: Keepalive::default(),
             application_name: None,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            retention: None,
         }
     }
 }
+
+/// NATS' default `max_payload`: 1 MiB.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 impl PgConfig {
     /// A builder starting from the defaults.
@@ -175,6 +195,12 @@ impl PgConfig {
             && (name.is_empty() || name.len() > 63 || !name.is_ascii())
         {
             return fail("application_name must be 1 to 63 ASCII characters");
+        }
+        if self.max_payload < 1024 {
+            return fail("max_payload must be at least 1024 bytes");
+        }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return fail("retention must be positive (or None, to delete published messages)");
         }
         Ok(())
     }
@@ -233,25 +259,40 @@ fn truncate(mut name: String) -> String {
     name
 }
 
-/// Checks a schema name: `^[a-z_][a-z0-9_]{0,62}$`, and not `pg_*` (reserved by PostgreSQL).
+/// Checks a schema name: `^[A-Za-z_][A-Za-z0-9_]{0,62}$`, and not `pg_*` in any letter case
+/// (reserved by PostgreSQL).
+///
+/// The rule keeps names to what needs no escaping and fits PostgreSQL's 63-byte identifiers
+/// (longer ones would be truncated silently, so two configured names could meet in one schema).
+/// Names are quoted in every statement all the same, so a name is never read as SQL.
 pub fn validate_schema(schema: &str) -> Result<(), Error> {
     let mut bytes = schema.bytes();
     let valid = match bytes.next() {
         Some(first) => {
-            (first.is_ascii_lowercase() || first == b'_')
+            (first.is_ascii_alphabetic() || first == b'_')
                 && schema.len() <= 63
-                && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
         }
         None => false,
     };
+    let shown = || match schema.char_indices().nth(64) {
+        Some((end, _)) => format!("{:?}...", &schema[..end]),
+        None => format!("{schema:?}"),
+    };
     if !valid {
         return Err(Error::Config(format!(
-            "schema name {schema:?} must match ^[a-z_][a-z0-9_]{{0,62}}$"
+            "schema name {} must be 1 to 63 ASCII letters, digits and underscores, not starting \
+             with a digit (^[A-Za-z_][A-Za-z0-9_]{{0,62}}$)",
+            shown()
         )));
     }
-    if schema.starts_with("pg_") {
+    if schema
+        .get(..3)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("pg_"))
+    {
         return Err(Error::Config(format!(
-            "schema name {schema:?} is reserved: names starting with pg_ belong to postgresql"
+            "schema name {} is reserved: names starting with pg_ belong to postgresql",
+            shown()
         )));
     }
     Ok(())
@@ -327,6 +368,18 @@ impl PgConfigBuilder {
         self
     }
 
+    /// See [`PgConfig::max_payload`].
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.0.max_payload = bytes;
+        self
+    }
+
+    /// See [`PgConfig::retention`].
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.0.retention = Some(retention);
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<PgConfig, Error> {
         self.0.validate()?;
@@ -354,6 +407,7 @@ mod tests {
         assert_eq!(c.keepalive.count, 3);
         assert_eq!(c.keepalive.detection_time(), Duration::from_secs(11));
         assert_eq!(c.application_name, None);
+        assert_eq!(c.max_payload, 1024 * 1024);
         assert_eq!(c.session_name(), "outbox-relay outbox");
         assert_eq!(c.listener_name(), "outbox-listen outbox");
         assert_eq!(c.channel(), "outbox_outbox");
@@ -383,7 +437,6 @@ mod tests {
     fn hostile_or_malformed_schema_names_are_rejected() {
         for name in [
             "",
-            "Outbox",
             "1outbox",
             "out-box",
             "out box",
@@ -391,15 +444,27 @@ mod tests {
             "a;drop schema public",
             "pg_catalog",
             "pg_temp",
+            "PG_x",
             "é",
+            "x\"; drop table y; --",
+            "a\0",
             &"a".repeat(64),
         ] {
             assert!(validate_schema(name).is_err(), "{name:?} accepted");
             assert!(PgConfig::builder().schema(name).build().is_err());
         }
-        for name in ["outbox", "_x", "t_3f2a9", &"a".repeat(63)] {
+        for name in [
+            "outbox",
+            "Outbox",
+            "_x",
+            "t_3f2a9",
+            "Mixed_Case_9",
+            &"a".repeat(63),
+        ] {
             validate_schema(name).unwrap();
         }
+        let error = validate_schema(&"a;".repeat(10_000)).unwrap_err();
+        assert!(error.to_string().len() < 300, "{error}");
     }
 
     #[test]
@@ -429,5 +494,7 @@ mod tests {
         assert!(k(5000, 1000, 0).is_err());
         assert!(k(60_000, 10_000, 6).is_ok());
         assert!(b().application_name("").build().is_err());
+        assert!(b().max_payload(1023).build().is_err());
+        assert!(b().max_payload(1024).build().is_ok());
     }
 }

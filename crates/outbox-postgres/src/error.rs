@@ -16,6 +16,11 @@ pub enum Error {
     /// A configuration value is invalid (for example a schema name). Never transient.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A message was refused at enqueue (for example a payload over
+    /// [`PgConfig::max_payload`](crate::PgConfig::max_payload)); nothing was written. Never
+    /// transient.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
     /// A session could not be opened.
     #[error("could not connect to postgresql: {0}")]
     Connect(#[source] tokio_postgres::Error),
@@ -68,7 +73,10 @@ impl Error {
     /// server resources, and for [`Error::NotLeader`] (leadership may come back).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Config(_) | Error::Decode { .. } | Error::Protocol(_) => false,
+            Error::Config(_)
+            | Error::InvalidMessage(_)
+            | Error::Decode { .. }
+            | Error::Protocol(_) => false,
             Error::Timeout(_) | Error::NotLeader => true,
             Error::Connect(source) => is_transient(source),
             Error::Query { source, .. } | Error::Migration { source, .. } => is_transient(source),
@@ -136,6 +144,7 @@ impl From<Error> for outbox_core::Error {
         match error {
             Error::NotLeader => outbox_core::Error::NotLeader,
             Error::Config(message) => outbox_core::Error::Config(message),
+            Error::InvalidMessage(reason) => outbox_core::Error::InvalidMessage(reason),
             other if other.is_transient() => outbox_core::Error::store_transient(other),
             other => outbox_core::Error::store_permanent(other),
         }

@@ -10,16 +10,21 @@
 //! | Module | What it holds |
 //! |---|---|
 //! | [`config`] | [`PgConfig`] (schema, lock id, wake-up mode, session timings) and its builder |
+//! | [`connect`] | [`PgConnectOptions`]: a `DATABASE_URL` with libpq's `sslmode` (up to `verify-full`), root and client certificates, and passwords from the URL, `PGPASSWORD` or a password file |
 //! | [`outbox`] | [`PgOutbox`]: [`migrate`](PgOutbox::migrate), [`enqueue`](PgOutbox::enqueue), [`enqueue_batch`](PgOutbox::enqueue_batch) |
 //! | [`executor`] | [`Executor`]: the clients and transactions `enqueue` accepts |
 //! | [`store`] | [`PgStore`]: claim, complete, fail, wait for work |
 //! | [`elector`] | [`PgElector`]: leadership as a session-level advisory lock |
 //! | [`dead_letter`] | [`DeadLetter`] and the list, replay and purge functions |
+//! | [`retention`] | published messages kept for [`PgConfig::retention`]: [`purge_published`](PgOutbox::purge_published) |
+//! | [`inbox`] | [`PgInbox`], [`InboxConfig`]: exactly-once processing on the consumer side, [`process`](PgInbox::process) and [`handle`](PgInbox::handle) |
 //! | [`status`] | [`OutboxStatus`], [`LeaderSession`]: [`status`](PgOutbox::status), [`leader`](PgOutbox::leader), [`schema_version`](PgOutbox::schema_version) |
 //! | [`error`] | [`Error`], classified transient or permanent |
 //!
-//! Everything lives in one schema (default `outbox`): `messages`, `dead_letters` and
-//! `schema_migrations`. All SQL is in one internal module; the migrations are embedded.
+//! Everything lives in one schema (default `outbox`): `messages`, `dead_letters`, `published`
+//! (used with a retention only) and `schema_migrations`. All SQL is in one internal module; the migrations are embedded. A
+//! consumer's [`PgInbox`] is one table of its own, in a schema of your choice, with its statements
+//! beside it.
 //!
 //! # Features
 //!
@@ -68,31 +73,44 @@
 //!
 //! # Operational notes
 //!
-//! - The store connects without TLS.
+//! - TLS: build the store with [`PgStore::with_connect_options`] and a [`PgConnectOptions`]
+//!   parsed from the URL (`?sslmode=verify-full&sslrootcert=/path/ca.pem`); its sessions, the
+//!   `LISTEN` connection included, then encrypt and verify as the URL says. [`PgStore::new`] with a
+//!   bare `tokio_postgres::Config` connects without TLS.
 //! - Point the store at PostgreSQL directly or through a pooler in session mode: a pooler in
 //!   transaction mode breaks session-level advisory locks. `enqueue` itself works through any
 //!   pooler (it uses no named prepared statements).
 //! - The leader's session is visible in `pg_stat_activity` as `outbox-relay <schema>`.
 #![deny(missing_docs)]
 
+mod claim;
 pub mod config;
+pub mod connect;
 pub mod dead_letter;
 pub mod elector;
 pub mod error;
 pub mod executor;
+pub mod inbox;
 mod listen;
 pub mod outbox;
+pub mod retention;
 mod session;
 mod sql;
 pub mod status;
 pub mod store;
 
 pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
+pub use connect::{
+    ConnectOptionsError, MakeRustlsConnect, PasswordSource, PgConnectOptions, PgConnection,
+    RootCerts, SslMode,
+};
 pub use dead_letter::{BulkProgress, DeadLetter, DeadLetterFilter};
 pub use elector::PgElector;
 pub use error::Error;
 pub use executor::Executor;
+pub use inbox::{Handled, InboxConfig, PgInbox, Processed};
 pub use outbox::PgOutbox;
+pub use retention::DEFAULT_PURGE_BATCH;
 pub use status::{LeaderSession, OutboxStatus};
 pub use store::PgStore;
 

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::PgOutbox;
+use crate::connect::Tls;
 
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -26,16 +27,18 @@ pub(crate) struct Listener {
     started: AtomicBool,
     stop: CancellationToken,
     db: tokio_postgres::Config,
+    tls: Tls,
     outbox: PgOutbox,
 }
 
 impl Listener {
-    pub(crate) fn new(outbox: &PgOutbox, db: tokio_postgres::Config) -> Self {
+    pub(crate) fn new(outbox: &PgOutbox, db: tokio_postgres::Config, tls: Tls) -> Self {
         Self {
             wake: Arc::new(Notify::new()),
             started: AtomicBool::new(false),
             stop: CancellationToken::new(),
             db,
+            tls,
             outbox: outbox.clone(),
         }
     }
@@ -48,6 +51,7 @@ impl Listener {
                 self.wake.clone(),
                 self.stop.clone(),
                 self.db.clone(),
+                self.tls.clone(),
                 self.outbox.clone(),
             ));
         }
@@ -71,11 +75,12 @@ async fn run(
     wake: Arc<Notify>,
     stop: CancellationToken,
     db: tokio_postgres::Config,
+    tls: Tls,
     outbox: PgOutbox,
 ) {
     let mut delay = RECONNECT_BASE;
     loop {
-        match listen_once(&wake, &stop, &db, &outbox).await {
+        match listen_once(&wake, &stop, &db, &tls, &outbox).await {
             Ended::Stopped => return,
             Ended::Failed { was_listening } => {
                 if was_listening {
@@ -95,11 +100,16 @@ async fn listen_once(
     wake: &Notify,
     stop: &CancellationToken,
     db: &tokio_postgres::Config,
+    tls: &Tls,
     outbox: &PgOutbox,
 ) -> Ended {
     let schema = &outbox.config().schema;
-    let connect = tokio::time::timeout(outbox.config().connect_timeout, db.connect(NoTls));
-    let (client, mut connection) = tokio::select! {
+    let connect = tokio::time::timeout(
+        outbox.config().connect_timeout,
+        tls.connect_for_messages(db),
+    );
+    // The connection must be polled for LISTEN's reply and for notifications alike.
+    let (client, mut messages) = tokio::select! {
         () = stop.cancelled() => return Ended::Stopped,
         connected = connect => match connected {
             Ok(Ok(pair)) => pair,
@@ -113,8 +123,6 @@ async fn listen_once(
             }
         },
     };
-    // The connection must be polled for LISTEN's reply and for notifications alike.
-    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = client.batch_execute(&outbox.sql().listen);
     tokio::pin!(listen);
     let mut listening = false;

@@ -75,11 +75,15 @@ struct Inner {
 }
 
 impl PgOutbox {
+    /// The schema version [`migrate`](PgOutbox::migrate) brings a schema to: the latest migration
+    /// this crate ships. [`schema_version`](PgOutbox::schema_version) reports what a database has.
+    pub const SCHEMA_VERSION: i32 = sql::MIGRATIONS[sql::MIGRATIONS.len() - 1].version;
+
     /// An outbox configured by `config`; fails if [`PgConfig::validate`] does.
     pub fn new(config: PgConfig) -> Result<Self, Error> {
         config.validate()?;
         let channel = config.channel();
-        let sql = Sql::render(&config.schema, &channel);
+        let sql = Sql::render(&config.schema, &channel, config.retention.is_some());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -179,11 +183,16 @@ impl PgOutbox {
     /// The message becomes visible to the relay when the transaction commits and never if it
     /// rolls back. One round trip. With [`WakeUp::Listen`], also sends one `pg_notify` in the
     /// same transaction (pipelined, no extra round trip).
+    ///
+    /// Fails with [`Error::InvalidMessage`], before anything is sent (so the transaction stays
+    /// usable), for a message that [`Message::validate`] rejects or whose
+    /// [`wire_size`](Message::wire_size) is over [`PgConfig::max_payload`].
     pub async fn enqueue<C: Executor + ?Sized>(
         &self,
         client: &C,
         message: &Message,
     ) -> Result<i64, Error> {
+        self.check(message)?;
         let id = message.id();
         let headers = Json(message.headers());
         let created_at = message.created_at();
@@ -214,7 +223,8 @@ impl PgOutbox {
     /// Enqueues `messages` with one statement on `client`; returns their seqs, in the order of
     /// `messages` (and increasing in that order).
     ///
-    /// Same visibility rules as [`enqueue`](PgOutbox::enqueue). An empty slice sends nothing.
+    /// Same visibility rules and checks as [`enqueue`](PgOutbox::enqueue); one invalid message
+    /// fails the whole call before anything is sent. An empty slice sends nothing.
     pub async fn enqueue_batch<C: Executor + ?Sized>(
         &self,
         client: &C,
@@ -222,6 +232,9 @@ impl PgOutbox {
     ) -> Result<Vec<i64>, Error> {
         if messages.is_empty() {
             return Ok(Vec::new());
+        }
+        for message in messages {
+            self.check(message)?;
         }
         let ids: Vec<Uuid> = messages.iter().map(Message::id).collect();
         let subjects: Vec<&str> = messages.iter().map(Message::subject).collect();
@@ -249,6 +262,26 @@ impl PgOutbox {
             .await
             .map_err(Error::query("enqueue batch"))?;
         seqs_in_order(&ids, &rows, "enqueue batch")
+    }
+
+    /// Refuses, before anything is sent, a message that [`Message::validate`] rejects or that is
+    /// over [`PgConfig::max_payload`]: the broker would refuse it too, but only after commit,
+    /// as a dead letter.
+    fn check(&self, message: &Message) -> Result<(), Error> {
+        let invalid =
+            |reason: String| Error::InvalidMessage(format!("message {}: {reason}", message.id()));
+        message.validate().map_err(|error| match error {
+            outbox_core::Error::InvalidMessage(reason) => invalid(reason),
+            other => invalid(other.to_string()),
+        })?;
+        let size = message.wire_size();
+        let max = self.config().max_payload;
+        if size > max {
+            return Err(invalid(format!(
+                "{size} bytes with headers, over max_payload of {max} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `statement`, pipelined with a `pg_notify` on the same connection in Listen mode.
@@ -312,7 +345,7 @@ pub(crate) fn column<'a, T: FromSql<'a>>(
 }
 
 /// Rebuilds the message stored in `row` (columns id, subject, key, payload, headers, created_at).
-pub(crate) fn message_from_row(row: &Row, seq: i64) -> Result<Message, Error> {
+pub(crate) fn message_from_row(row: &Row, _seq: i64) -> Result<Message, Error> {
     const OP: &str = "read message";
     let subject: String = column(row, "subject", OP)?;
     let key: Option<String> = column(row, "key", OP)?;
@@ -328,10 +361,10 @@ pub(crate) fn message_from_row(row: &Row, seq: i64) -> Result<Message, Error> {
     for (name, value) in headers {
         builder = builder.header(name, value);
     }
-    builder.build().map_err(|error| Error::Decode {
-        seq,
-        reason: error.to_string(),
-    })
+    // Not rechecked: it was checked at enqueue, perhaps under older rules, and a message that
+    // failed here would fail every claim and stop the relay. What the broker cannot carry
+    // fails at publish and is dead-lettered.
+    Ok(builder.build_stored())
 }
 
 /// Reads an `integer` attempts column; negative values (never written by this crate) read as 0.

@@ -3,9 +3,10 @@
 use std::fmt;
 
 use tokio::task::AbortHandle;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::Tls;
 use crate::sql;
 use crate::{Error, PgOutbox};
 
@@ -13,6 +14,7 @@ use crate::{Error, PgOutbox};
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) claim: Statement,
+    pub(crate) claim_gaps: Statement,
     pub(crate) complete: Statement,
     pub(crate) fail: Statement,
     pub(crate) try_lock: Statement,
@@ -40,15 +42,16 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    /// Connects with `db`, sets the session's keepalives and prepares the statements, all within
-    /// the configured connect timeout.
+    /// Connects with `db` (over `tls`), sets the session's keepalives and prepares the
+    /// statements, all within the configured connect timeout.
     pub(crate) async fn open(
         outbox: &PgOutbox,
         db: &tokio_postgres::Config,
+        tls: &Tls,
         epoch: u64,
     ) -> Result<Session, Error> {
         let timeout = outbox.config().connect_timeout;
-        tokio::time::timeout(timeout, Self::open_inner(outbox, db, epoch))
+        tokio::time::timeout(timeout, Self::open_inner(outbox, db, tls, epoch))
             .await
             .map_err(|_| Error::Timeout("opening a postgresql session"))?
     }
@@ -56,9 +59,10 @@ impl Session {
     async fn open_inner(
         outbox: &PgOutbox,
         db: &tokio_postgres::Config,
+        tls: &Tls,
         epoch: u64,
     ) -> Result<Session, Error> {
-        let (client, connection) = db.connect(NoTls).await.map_err(Error::Connect)?;
+        let (client, connection) = tls.connect(db).await.map_err(Error::Connect)?;
         let closed = CancellationToken::new();
         let schema = outbox.config().schema.clone();
         let task = tokio::spawn({
@@ -83,8 +87,9 @@ impl Session {
             .await
             .map_err(Error::query("set session keepalives"))?;
         let sql = outbox.sql();
-        let (claim, complete, fail, try_lock, holds_lock) = futures::try_join!(
+        let (claim, claim_gaps, complete, fail, try_lock, holds_lock) = futures::try_join!(
             client.prepare(&sql.claim),
+            client.prepare(&sql.claim_gaps),
             client.prepare(&sql.complete),
             client.prepare(&sql.fail),
             client.prepare(sql::TRY_LOCK),
@@ -96,6 +101,7 @@ impl Session {
             client,
             statements: Statements {
                 claim,
+                claim_gaps,
                 complete,
                 fail,
                 try_lock,

@@ -16,11 +16,23 @@ pub(crate) struct Migration {
 }
 
 /// The migrations, oldest first. Never edit one that was released: add the next version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "claim index",
+        sql: include_str!("../migrations/0002_claim_index.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "published",
+        sql: include_str!("../migrations/0003_published.sql"),
+    },
+];
 
 pub(crate) const BEGIN: &str = "BEGIN";
 pub(crate) const COMMIT: &str = "COMMIT";
@@ -70,11 +82,19 @@ pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
 const LISTEN: &str = "LISTEN {channel}";
 
 /// Server-side keepalives of a session: they let the server notice a vanished client host and
-/// end its session, which frees the leadership lock. Values are whole seconds, as text.
+/// end its session, which frees the leadership lock. Values are whole seconds, as text. Also
+/// turns off `synchronous_commit` for the session.
+//
+// `synchronous_commit = off`: the relay's session only deletes published messages and records
+// failures. If the server crashes before such a commit reaches disk, the message is simply
+// published again (and dropped as a duplicate by JetStream's window) or its failure counted again;
+// nothing is lost. Waiting for a WAL flush on every batch would only add the disk's latency to
+// every round trip of the relay. Producers' enqueues keep the server's setting.
 pub(crate) const SESSION_KEEPALIVES: &str = "\
 SELECT set_config('tcp_keepalives_idle', $1, false),
        set_config('tcp_keepalives_interval', $2, false),
-       set_config('tcp_keepalives_count', $3, false)";
+       set_config('tcp_keepalives_count', $3, false),
+       set_config('synchronous_commit', 'off', false)";
 
 /// Session-level, so it lives exactly as long as the session that took it.
 pub(crate) const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
@@ -91,17 +111,53 @@ SELECT EXISTS (
 
 // Walks the primary key in seq order. `NOT IN (SELECT unnest(..))` becomes a hashed subplan
 // whatever the plan, so a long exclude list costs one hash probe per row (`<> ALL($1)` is only
-// hashed in custom plans). The NOT EXISTS probe uses messages_key_available_at_idx.
+// hashed in custom plans). `waiting` holds, per key, the first message that is not yet due
+// (waiting for a retry or scheduled later): found once per statement through
+// messages_available_at_idx, and usually empty. A keyed row goes out only if its key has no
+// waiting message before it; the hashed `NOT IN` settles that for almost every row, and only rows
+// of a waiting key pay for the exact check.
 const CLAIM: &str = "\
+WITH waiting AS MATERIALIZED (
+    SELECT key, min(seq) AS seq
+    FROM {schema}.messages
+    WHERE available_at > now() AND key IS NOT NULL
+    GROUP BY key
+)
 SELECT m.seq, m.attempts, m.id, m.subject, m.key, m.payload, m.headers, m.created_at
 FROM {schema}.messages m
 WHERE m.available_at <= now()
   AND m.seq NOT IN (SELECT unnest($1::bigint[]))
-  AND (m.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM {schema}.messages e
-        WHERE e.key = m.key AND e.available_at > now() AND e.seq < m.seq))
+  AND (m.key IS NULL
+       OR m.key NOT IN (SELECT key FROM waiting)
+       OR NOT EXISTS (SELECT 1 FROM waiting w WHERE w.key = m.key AND w.seq < m.seq))
 ORDER BY m.seq
 LIMIT $2";
+
+// The same claim over the open seq intervals `($1[i], $2[i])` only (see the `claim` module):
+// one bounded index range scan per interval instead of a filter over every held row. Intervals
+// are in seq order and disjoint, so the final sort only orders what the scans returned.
+const CLAIM_GAPS: &str = "\
+WITH waiting AS MATERIALIZED (
+    SELECT key, min(seq) AS seq
+    FROM {schema}.messages
+    WHERE available_at > now() AND key IS NOT NULL
+    GROUP BY key
+)
+SELECT c.*
+FROM unnest($1::bigint[], $2::bigint[]) AS g (after_seq, before_seq)
+CROSS JOIN LATERAL (
+    SELECT m.seq, m.attempts, m.id, m.subject, m.key, m.payload, m.headers, m.created_at
+    FROM {schema}.messages m
+    WHERE m.seq > g.after_seq AND m.seq < g.before_seq
+      AND m.available_at <= now()
+      AND (m.key IS NULL
+           OR m.key NOT IN (SELECT key FROM waiting)
+           OR NOT EXISTS (SELECT 1 FROM waiting w WHERE w.key = m.key AND w.seq < m.seq))
+    ORDER BY m.seq
+    LIMIT $3
+) c
+ORDER BY c.seq
+LIMIT $3";
 
 /// How far behind the relay is, spliced in as `{lag_seconds}` over `messages`: the seconds the
 /// oldest due message has been due, 0 when none is. One definition, so the relay's backlog metric
@@ -158,6 +214,31 @@ ORDER BY a.backend_start
 LIMIT 1";
 
 const COMPLETE: &str = "DELETE FROM {schema}.messages WHERE seq = ANY($1::bigint[])";
+
+// COMPLETE with a retention: the same delete, its rows kept in `published`, in one statement.
+const COMPLETE_RETAINING: &str = "\
+WITH done AS (
+    DELETE FROM {schema}.messages WHERE seq = ANY($1::bigint[])
+    RETURNING seq, id, subject, key, payload, headers, created_at, attempts
+)
+INSERT INTO {schema}.published (seq, id, subject, key, payload, headers, created_at, attempts)
+SELECT seq, id, subject, key, payload, headers, created_at, attempts FROM done";
+
+const COUNT_PUBLISHED: &str = "\
+SELECT count(*) AS n FROM {schema}.published WHERE published_at < now() - $1 * interval '1 microsecond'";
+
+// Up to $2 published rows older than $1 microseconds, oldest first; returns how many went.
+const PURGE_PUBLISHED_BATCH: &str = "\
+WITH gone AS (
+    DELETE FROM {schema}.published
+    WHERE seq IN (
+        SELECT seq FROM {schema}.published
+        WHERE published_at < now() - $1 * interval '1 microsecond'
+        ORDER BY published_at, seq
+        LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) AS purged FROM gone";
 
 // One statement, so rescheduling and dead-lettering a batch is atomic without an explicit
 // transaction (the leader session is shared by concurrent statements). A NULL delay means
@@ -281,7 +362,10 @@ pub(crate) struct Sql {
     pub(crate) enqueue_batch: String,
     pub(crate) listen: String,
     pub(crate) claim: String,
+    pub(crate) claim_gaps: String,
     pub(crate) complete: String,
+    pub(crate) purge_published_batch: String,
+    pub(crate) count_published: String,
     pub(crate) backlog: String,
     pub(crate) status: String,
     pub(crate) schema_version: String,
@@ -301,7 +385,7 @@ pub(crate) struct Sql {
 
 impl Sql {
     /// Renders every statement for `schema` (already validated) and notification `channel`.
-    pub(crate) fn render(schema: &str, channel: &str) -> Sql {
+    pub(crate) fn render(schema: &str, channel: &str, retaining: bool) -> Sql {
         let schema = quote_ident(schema);
         let r = |template: &str| {
             template
@@ -317,7 +401,14 @@ impl Sql {
             enqueue_batch: r(ENQUEUE_BATCH),
             listen: LISTEN.replace("{channel}", &quote_ident(channel)),
             claim: r(CLAIM),
-            complete: r(COMPLETE),
+            claim_gaps: r(CLAIM_GAPS),
+            complete: r(if retaining {
+                COMPLETE_RETAINING
+            } else {
+                COMPLETE
+            }),
+            purge_published_batch: r(PURGE_PUBLISHED_BATCH),
+            count_published: r(COUNT_PUBLISHED),
             backlog: r(BACKLOG),
             status: r(STATUS),
             schema_version: r(SCHEMA_VERSION),
@@ -354,10 +445,13 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_replaced() {
-        let sql = Sql::render("tenant_1", "outbox_tenant_1");
+        let sql = Sql::render("tenant_1", "outbox_tenant_1", true);
         for text in [
             &sql.bootstrap,
             &sql.claim,
+            &sql.claim_gaps,
+            &sql.complete,
+            &sql.purge_published_batch,
             &sql.fail,
             &sql.enqueue_batch,
             &sql.replay_dead_letters,
@@ -377,13 +471,13 @@ mod tests {
         for migration in MIGRATIONS {
             let text = sql.migration(migration);
             assert!(!text.contains("{schema}"));
-            assert!(text.contains("\"tenant_1\".messages"));
+            assert!(text.contains("\"tenant_1\"."), "{text}");
         }
     }
 
     #[test]
     fn the_backlog_and_the_status_share_one_lag() {
-        let sql = Sql::render("t_1", "outbox_t_1");
+        let sql = Sql::render("t_1", "outbox_t_1", false);
         assert!(
             sql.backlog
                 .contains(&format!("{LAG_SECONDS} AS lag_seconds"))

@@ -10,10 +10,17 @@ use outbox_core::{
     Backlog, ClaimRequest, Claimed, Failure, FailureAction, Leadership, Store, Term,
 };
 
+use crate::claim::Deleted;
+use crate::retention::DEFAULT_PURGE_BATCH;
+
+/// Purge batches one housekeeping round runs at most, so that it never holds up the relay for
+/// long; a backlog of expired rows is worked off over several rounds.
+const HOUSEKEEPING_BATCHES: usize = 5;
+use crate::connect::Tls;
 use crate::listen::Listener;
 use crate::outbox::{attempts_from_row, column, message_from_row};
 use crate::session::Session;
-use crate::{Error, PgElector, PgOutbox, WakeUp};
+use crate::{Error, PgConnectOptions, PgElector, PgOutbox, WakeUp};
 
 /// The PostgreSQL [`Store`]: claims due messages in `seq` order, deletes them once acknowledged,
 /// reschedules or dead-letters failures.
@@ -58,12 +65,15 @@ pub struct PgStore {
 struct Inner {
     outbox: PgOutbox,
     db: tokio_postgres::Config,
+    tls: Tls,
     slot: Mutex<Slot>,
     /// One connection attempt at a time, so concurrent callers share the new session.
     connecting: tokio::sync::Mutex<()>,
     /// Set once an elector exists: from then on, work needs a live term.
     elected: AtomicBool,
     listener: Option<Listener>,
+    /// Seqs this store deleted: they bound the claim's scans (see the `claim` module).
+    deleted: Mutex<Deleted>,
 }
 
 #[derive(Default)]
@@ -90,7 +100,8 @@ impl fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// A store for `outbox`, connecting with `db` (without TLS).
+    /// A store for `outbox`, connecting with `db` (without TLS: see
+    /// [`with_connect_options`](PgStore::with_connect_options)).
     ///
     /// `db` is used as given, except for what the store's sessions need: `application_name`
     /// (see [`PgConfig::application_name`](crate::PgConfig::application_name)), the connect
@@ -98,6 +109,17 @@ impl PgStore {
     /// connects until the store or its elector is first used. Do not point `db` at a pooler in
     /// transaction mode: the leadership lock is a session lock.
     pub fn new(outbox: &PgOutbox, db: tokio_postgres::Config) -> PgStore {
+        Self::connecting(outbox, db, Tls::Plain)
+    }
+
+    /// A store for `outbox` whose sessions (and `LISTEN` connection) connect with `options`:
+    /// TLS and certificate checks as its `sslmode` says, its password. Otherwise as
+    /// [`new`](PgStore::new).
+    pub fn with_connect_options(outbox: &PgOutbox, options: &PgConnectOptions) -> PgStore {
+        Self::connecting(outbox, options.config().clone(), Tls::Rustls(options.tls()))
+    }
+
+    fn connecting(outbox: &PgOutbox, db: tokio_postgres::Config, tls: Tls) -> PgStore {
         let config = outbox.config();
         let mut db = db;
         db.connect_timeout(config.connect_timeout)
@@ -110,14 +132,16 @@ impl PgStore {
             WakeUp::Listen => {
                 let mut listen_db = db.clone();
                 listen_db.application_name(config.listener_name());
-                Some(Listener::new(outbox, listen_db))
+                Some(Listener::new(outbox, listen_db, tls.clone()))
             }
         };
         db.application_name(config.session_name());
         PgStore {
             inner: Arc::new(Inner {
+                deleted: Mutex::new(Deleted::default()),
                 outbox: outbox.clone(),
                 db,
+                tls,
                 slot: Mutex::new(Slot::default()),
                 connecting: tokio::sync::Mutex::new(()),
                 elected: AtomicBool::new(false),
@@ -160,6 +184,14 @@ impl PgStore {
     }
 
     /// The current session if it is open.
+    fn deleted(&self) -> MutexGuard<'_, Deleted> {
+        // A set of seqs, consistent after every call; see `slot`.
+        self.inner
+            .deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn live_session(&self) -> Option<Arc<Session>> {
         self.slot()
             .session
@@ -182,7 +214,9 @@ impl PgStore {
             slot.last_epoch += 1;
             slot.last_epoch
         };
-        let session = Arc::new(Session::open(&self.inner.outbox, &self.inner.db, epoch).await?);
+        let session = Arc::new(
+            Session::open(&self.inner.outbox, &self.inner.db, &self.inner.tls, epoch).await?,
+        );
         let old = self.slot().session.replace(session.clone());
         if let Some(old) = old {
             old.close();
@@ -293,11 +327,25 @@ impl Store for PgStore {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>, outbox_core::Error> {
         let session = self.working_session().await?;
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let rows = session
-            .client
-            .query(&session.statements.claim, &[&request.exclude, &limit])
-            .await
-            .map_err(|e| self.on_error(&session, Error::query("claim")(e)))?;
+        let gaps = self.deleted().gaps(request.exclude);
+        let rows = match gaps {
+            Some(gaps) => {
+                session
+                    .client
+                    .query(
+                        &session.statements.claim_gaps,
+                        &[&gaps.after, &gaps.before, &limit],
+                    )
+                    .await
+            }
+            None => {
+                session
+                    .client
+                    .query(&session.statements.claim, &[&request.exclude, &limit])
+                    .await
+            }
+        }
+        .map_err(|e| self.on_error(&session, Error::query("claim")(e)))?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: i64 = column(row, "seq", "claim")?;
@@ -320,6 +368,7 @@ impl Store for PgStore {
             .execute(&session.statements.complete, &[&seqs])
             .await
             .map_err(|e| self.on_error(&session, Error::query("complete")(e)))?;
+        self.deleted().extend(seqs);
         Ok(())
     }
 
@@ -360,6 +409,30 @@ impl Store for PgStore {
             u64::try_from(pending).unwrap_or(0),
             Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),
         )))
+    }
+
+    /// With a [retention](crate::PgConfig::retention), purges published messages older than
+    /// it: up to [`HOUSEKEEPING_BATCHES`] batches per call, the rest at the next call.
+    async fn housekeep(&self) -> Result<(), outbox_core::Error> {
+        let Some(retention) = self.inner.outbox.config().retention else {
+            return Ok(());
+        };
+        let session = self.working_session().await?;
+        for _ in 0..HOUSEKEEPING_BATCHES {
+            let purged = self
+                .inner
+                .outbox
+                .purge_published_batch(&session.client, retention, DEFAULT_PURGE_BATCH)
+                .await
+                .map_err(|e| self.on_error(&session, e))?;
+            if purged > 0 {
+                tracing::debug!(purged, "purged published messages past their retention");
+            }
+            if purged < DEFAULT_PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn wait_for_work(&self, timeout: Duration) {

@@ -176,8 +176,10 @@ async fn leader_sessions_terminated_three_times_with_a_standby_competing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_is_dead_lettered_at_once_and_published_after_a_fixed_replay() {
-    let mut f = Fixture::new().await;
-    let max = f.nats.client().server_info().max_payload;
+    // The outbox's own limit is set above the server's, so that the broker is the one to refuse.
+    let nats = TestNats::new().await;
+    let max = nats.client().server_info().max_payload;
+    let mut f = Fixture::with(nats, |b| b.max_payload(2 * max)).await;
     let poison = Message::builder(f.nats.subject("orders"))
         .key("key-a")
         .payload(vec![b'x'; max + 1])

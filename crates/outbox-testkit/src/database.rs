@@ -1,5 +1,6 @@
 use std::str::FromStr;
 
+use outbox_core::redact::redact_url as redact;
 use tokio_postgres::NoTls;
 
 /// The database used when `DATABASE_URL` is unset.
@@ -133,24 +134,6 @@ async fn start_container() -> Option<(
     Some((container, url))
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    format!("{scheme}://{user}@{host}")
-                }
-            }
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let url = self.url.clone();
@@ -172,20 +155,5 @@ impl Drop for TestDatabase {
             });
         });
         let _ = cleanup.join();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("host=h"), "host=h");
     }
 }

@@ -5,6 +5,9 @@
 //! | [`TestDatabase`] | a fresh schema name on the PostgreSQL of `DATABASE_URL`, dropped afterwards |
 //! | [`TestNats`] | a fresh JetStream stream and subject prefix on the NATS of `NATS_URL`, deleted afterwards |
 //! | [`NatsServer`] | a `nats-server` child process on a free port, to kill and restart |
+//! | [`ConfiguredNatsServer`] | a `nats-server` started from a configuration of the test's own (TLS, users, operator mode) |
+//! | [`PgCluster`] | a throwaway PostgreSQL cluster (`initdb`, own `pg_hba.conf`, TLS) on a free port |
+//! | [`TestCa`] | a throwaway certificate authority: CA, server and client certificates as PEM files |
 //! | [`FaultyBroker`], [`FaultyStore`] | wrap any broker or store and fail on command |
 //! | [`RelayTask`] | a relay running in its own task: start, wait until leading, stop, abort |
 //! | [`assert_exactly_once_in_key_order`] | the check that matters: each message once, per-key order |
@@ -30,16 +33,22 @@ mod check;
 mod database;
 mod faulty;
 mod nats;
+mod nats_config;
+mod postgres_server;
 mod received;
 mod relay;
 pub mod store_suite;
+mod tls;
 
 pub use check::{assert_exactly_once_in_key_order, assert_published_once_in_key_order};
 pub use database::{DEFAULT_DATABASE_URL, TestDatabase};
 pub use faulty::{FaultyBroker, FaultyStore};
 pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats};
+pub use nats_config::ConfiguredNatsServer;
+pub use postgres_server::{PgCluster, PgClusterConfig};
 pub use received::Received;
 pub use relay::RelayTask;
+pub use tls::{CertFiles, TestCa};
 
 /// The in-memory backend of `outbox-core`, re-exported for tests.
 pub mod memory {

@@ -52,8 +52,10 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
         let mut command = Command::new(exe);
         command
             .arg("relay-child")
-            .args(["--database-url", &ctx.env.servers.database_url])
-            .args(["--nats-url", &ctx.env.servers.nats_url])
+            // In the environment, not the arguments: a URL may hold a password, and arguments
+            // are visible to every user of the machine.
+            .env("DATABASE_URL", &ctx.env.servers.database_url)
+            .env("NATS_URL", &ctx.env.servers.nats_url)
             .args(["--schema", &fx.schema])
             .args(["--messages", &n.to_string()])
             .args(["--batch-size", &config.batch_size.to_string()])
@@ -144,9 +146,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
 /// The child: runs the relay on an existing schema until `messages` were completed, reporting
 /// progress and memory on stdout.
 pub(crate) async fn child(args: ChildArgs) -> anyhow::Result<()> {
-    let pg: tokio_postgres::Config = args.servers.database_url.parse()?;
+    let pg = outbox_postgres::PgConnectOptions::from_url(&args.servers.database_url)?;
     let outbox = PgOutbox::new(PgConfig::builder().schema(args.schema.as_str()).build()?)?;
-    let nats = outbox_nats::connect(&args.servers.nats_url).await?;
+    let nats = crate::env::nats_client(&args.servers.nats_url).await?;
     let config: RelayConfig = relay_config(args.batch_size, args.max_in_flight, args.key_order)?;
     let relay = RunningRelay::start(&pg, nats, &outbox, config, false).await?;
     {

@@ -1,6 +1,7 @@
 //! The scenarios, and the relay they share.
 
 pub(crate) mod drain;
+pub(crate) mod hygiene;
 pub(crate) mod latency;
 pub(crate) mod memory;
 pub(crate) mod produce;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::{CancellationToken, Relay, RelayConfig};
 use outbox_nats::{JetStreamConfig, JetStreamPublisher};
-use outbox_postgres::{PgOutbox, PgStore};
+use outbox_postgres::{PgConnectOptions, PgOutbox, PgStore};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -80,7 +81,7 @@ pub(crate) struct RunningRelay {
 
 impl RunningRelay {
     pub(crate) async fn start(
-        pg: &tokio_postgres::Config,
+        pg: &PgConnectOptions,
         nats: async_nats::Client,
         outbox: &PgOutbox,
         config: RelayConfig,
@@ -91,7 +92,7 @@ impl RunningRelay {
             .build()?;
         js_config.check_relay(&config)?;
         let publisher = JetStreamPublisher::with_config(nats, js_config)?;
-        let store = PgStore::new(outbox, pg.clone());
+        let store = PgStore::with_connect_options(outbox, pg);
         let elector = store.elector();
         let probe = Probe::new(record_acks);
         let relay = Relay::new(

@@ -7,13 +7,14 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::backoff::{Backoff, retry_delay};
-use crate::telemetry;
 use crate::{
     Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, KeyOrder, Leadership,
     RelayConfig, Store,
 };
+use crate::{telemetry, trace};
 
 /// Why a term ended.
 #[derive(Debug)]
@@ -26,8 +27,9 @@ pub(crate) enum TermEnd {
     Failed(Error),
 }
 
-/// A message in flight, when it was sent, and its acknowledgement.
-type Done = (Claimed, Instant, Result<Ack, Error>);
+/// A message in flight, when it was sent, its acknowledgement, and its `outbox.publish` span
+/// (open until the acknowledgement is handled).
+type Done = (Claimed, Instant, Result<Ack, Error>, tracing::Span);
 type AckFuture = BoxFuture<'static, Done>;
 
 /// The relay's working memory during one term.
@@ -47,8 +49,22 @@ pub(crate) struct Dispatcher<'a, S, B> {
     acked: Vec<i64>,
     failed: Vec<Failure>,
     draining: bool,
+    /// The next claim may go out: false from a short claim (caught up) until the poll interval
+    /// passed or the store woke the relay.
+    claim_ready: bool,
+    /// The last claim found less than it asked for.
+    caught_up: bool,
+    /// When caught up: when to claim again, unless the store wakes the relay earlier.
+    poll_at: Option<Instant>,
     health: BrokerHealth,
     outage: Backoff,
+}
+
+/// One round trip to the store: deletes to send, and how many messages to claim (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    flushing: bool,
+    limit: usize,
 }
 
 /// Whether the broker answers; publishing pauses while it does not.
@@ -74,6 +90,9 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             acked: Vec::new(),
             failed: Vec::new(),
             draining: false,
+            claim_ready: true,
+            caught_up: false,
+            poll_at: None,
             health: BrokerHealth::Up,
             outage: Backoff::new(config.reconnect_base, config.reconnect_max),
         }
@@ -87,12 +106,16 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         let mut exclude = Vec::new();
         let mut sampled: Option<Instant> = None;
         loop {
-            if let Err(error) = self.settle().await {
+            // Failures are rare and keep their keys blocked until recorded: record them first.
+            if let Err(error) = self.settle_failures().await {
                 return TermEnd::Failed(error);
             }
             if sampled.is_none_or(|at| at.elapsed() >= self.config.backlog_interval) {
                 sampled = Some(Instant::now());
                 sample_backlog(self.store).await;
+                if let Err(error) = self.store.housekeep().await {
+                    tracing::warn!(%error, "store housekeeping failed; trying again later");
+                }
             }
             if leadership.is_lost() {
                 return TermEnd::Lost;
@@ -113,51 +136,125 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 continue;
             }
 
-            let room = self.config.max_in_flight.saturating_sub(self.held.len());
-            let mut more_waiting = false;
-            if room > 0 {
-                let limit = room.min(self.config.batch_size);
+            let Round { flushing, limit } = self.next_round();
+            if !flushing && limit == 0 {
+                // Nothing to send: wait for an acknowledgement or, when caught up, for new work.
+                let waiting_for_work = !self.claim_ready || self.in_flight.is_empty();
+                // The poll interval runs from the short claim, not from the last acknowledgement.
+                let poll = self.poll_at.map_or(self.config.poll_interval, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {}
+                    () = leadership.lost() => {}
+                    Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                        self.on_ack(done).await;
+                    }
+                    () = self.store.wait_for_work(poll), if waiting_for_work => {
+                        self.claim_ready = true;
+                    }
+                }
+                self.collect_ready().await;
+                continue;
+            }
+            if limit > 0 {
                 exclude.clear();
                 exclude.extend(self.held.iter().copied());
-                let claimed = tokio::select! {
+            }
+            let (completed, claimed) = {
+                let store = self.store;
+                let acked = &self.acked;
+                let exclude = &exclude;
+                let complete = async move {
+                    if flushing {
+                        let span = tracing::debug_span!("outbox.complete", messages = acked.len());
+                        store.complete(acked).instrument(span).await
+                    } else {
+                        Ok(())
+                    }
+                };
+                let claim = async move {
+                    if limit == 0 {
+                        return None;
+                    }
+                    let span = tracing::debug_span!(
+                        "outbox.claim",
+                        limit,
+                        claimed = tracing::field::Empty
+                    );
+                    let batch = store
+                        .claim(ClaimRequest::new(limit, exclude))
+                        .instrument(span.clone())
+                        .await;
+                    if let Ok(batch) = &batch {
+                        span.record("claimed", batch.len());
+                    }
+                    Some(batch)
+                };
+                tokio::select! {
                     biased;
                     () = leadership.lost() => return TermEnd::Lost,
-                    claimed = self.store.claim(ClaimRequest::new(limit, &exclude)) => claimed,
-                };
+                    done = futures::future::join(complete, claim) => done,
+                }
+            };
+            if let Err(error) = completed {
+                return TermEnd::Failed(error);
+            }
+            if flushing {
+                for seq in self.acked.drain(..) {
+                    self.held.remove(&seq);
+                }
+            }
+            if let Some(claimed) = claimed {
                 let batch = match claimed {
                     Ok(batch) => batch,
                     Err(error) => return TermEnd::Failed(error),
                 };
-                tracing::trace!(claimed = batch.len(), "claimed batch");
                 if !batch.is_empty() {
                     telemetry::claimed(batch.len());
                 }
-                more_waiting = batch.len() == limit;
+                // A short batch means the relay caught up: claim again after the poll interval
+                // (or a wake-up), not on every acknowledgement.
+                self.caught_up = batch.len() < limit;
+                self.claim_ready = !self.caught_up;
+                self.poll_at = self
+                    .caught_up
+                    .then(|| Instant::now() + self.config.poll_interval);
                 for claimed in batch {
                     self.dispatch(claimed).await;
                 }
-            }
-
-            let has_room = self.held.len() < self.config.max_in_flight;
-            if more_waiting && has_room {
-                self.collect_ready().await;
-                continue;
-            }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {}
-                () = leadership.lost() => {}
-                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.on_ack(done).await;
-                }
-                () = self.store.wait_for_work(self.config.poll_interval), if has_room => {}
             }
             self.collect_ready().await;
         }
     }
 
-    /// Records acknowledged and failed messages in the store. Afterwards the store's order rules
-    /// hold for every key again, so no key stays blocked in memory.
+    /// What the next round trip to the store does, if anything.
+    ///
+    /// With a backlog, claims are whole batches that overlap the acknowledgements of earlier
+    /// ones: a claim goes out once a whole batch fits in the window, or at once when nothing is
+    /// in flight. Once caught up, the relay claims whatever fits at each poll or wake-up. Deletes
+    /// go out a batch at a time, or with the claim when nothing else is in flight or the relay
+    /// is caught up; either way in the same round trip as the claim.
+    fn next_round(&self) -> Round {
+        let batch = self.config.batch_size;
+        let idle = self.in_flight.is_empty();
+        let flushing = !self.acked.is_empty()
+            && (self.acked.len() >= batch || (self.claim_ready && (idle || self.caught_up)));
+        let unsettled = if flushing { self.acked.len() } else { 0 };
+        let room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.held.len().saturating_sub(unsettled));
+        let limit = room.min(batch);
+        let claiming = self.claim_ready && (limit == batch || idle || self.caught_up);
+        Round {
+            flushing,
+            limit: if claiming { limit } else { 0 },
+        }
+    }
+
+    /// Records acknowledged and failed messages in the store, and waits for nothing else.
     async fn settle(&mut self) -> Result<(), Error> {
         if !self.acked.is_empty() {
             self.store.complete(&self.acked).await?;
@@ -165,6 +262,12 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 self.held.remove(&seq);
             }
         }
+        self.settle_failures().await
+    }
+
+    /// Records failed messages in the store. Afterwards the store's order rules hold for every
+    /// key again, so no key stays blocked in memory.
+    async fn settle_failures(&mut self) -> Result<(), Error> {
         if !self.failed.is_empty() {
             let dead = self
                 .failed
@@ -178,7 +281,12 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 "publishes failed"
             );
             telemetry::settled_failures(self.failed.len() - dead, dead);
-            self.store.fail(&self.failed).await?;
+            let span = tracing::debug_span!(
+                "outbox.fail",
+                messages = self.failed.len(),
+                dead_lettered = dead
+            );
+            self.store.fail(&self.failed).instrument(span).await?;
             for failure in self.failed.drain(..) {
                 self.held.remove(&failure.seq);
             }
@@ -217,19 +325,32 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
     }
 
     async fn publish(&mut self, claimed: Claimed) {
-        match self.broker.publish(&claimed.message).await {
+        let span = trace::publish_span(&claimed.message);
+        if !span.is_disabled() {
+            span.record("attempts", claimed.attempts);
+        }
+        match self
+            .broker
+            .publish(&claimed.message)
+            .instrument(span.clone())
+            .await
+        {
             Ok(pending) => {
                 let sent = Instant::now();
                 self.in_flight
-                    .push(async move { (claimed, sent, pending.await) }.boxed());
+                    .push(async move { (claimed, sent, pending.await, span) }.boxed());
             }
-            Err(error) => self.fail(claimed, error),
+            Err(error) => {
+                record_error(&span, &error);
+                self.fail(claimed, error);
+            }
         }
     }
 
-    async fn on_ack(&mut self, (claimed, sent, result): Done) {
+    async fn on_ack(&mut self, (claimed, sent, result, span): Done) {
         match result {
             Ok(ack) => {
+                span.record("duplicate", ack.duplicate);
                 telemetry::acknowledged(ack.duplicate, sent.elapsed());
                 if matches!(self.health, BrokerHealth::Down) {
                     tracing::info!("broker available again; publishing resumed");
@@ -244,7 +365,10 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                     self.advance(key).await;
                 }
             }
-            Err(error) => self.fail(claimed, error),
+            Err(error) => {
+                record_error(&span, &error);
+                self.fail(claimed, error);
+            }
         }
     }
 
@@ -352,6 +476,14 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             tracing::warn!(%error, "could not record the last acknowledgements; they will be published again");
         }
         TermEnd::Shutdown
+    }
+}
+
+/// Marks a publish span as failed.
+fn record_error(span: &tracing::Span, error: &Error) {
+    if !span.is_disabled() {
+        span.record("error", tracing::field::display(error));
+        span.record("otel.status_code", "ERROR");
     }
 }
 

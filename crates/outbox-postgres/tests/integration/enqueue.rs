@@ -175,3 +175,142 @@ async fn poll_mode_waits_for_the_timeout() {
     store.wait_for_work(Duration::from_millis(100)).await;
     assert!(started.elapsed() >= Duration::from_millis(100));
 }
+
+/// A message that `Message::builder` would refuse, made the way a caller could still make one:
+/// by deserializing it.
+fn forged(message: &Message, from: &str, to: &str) -> Message {
+    let text = serde_json::to_string(message).unwrap();
+    assert!(text.contains(from), "{text}");
+    serde_json::from_str(&text.replace(from, to)).unwrap()
+}
+
+#[tokio::test]
+async fn bad_headers_and_oversized_messages_are_refused_and_nothing_is_written() {
+    let mut f = Fixture::with(|b| b.max_payload(4096)).await;
+    let template = Message::builder("test.subject")
+        .key("k")
+        .header("X", "v")
+        .build()
+        .unwrap();
+    let empty = Message::builder("test.subject").build().unwrap();
+    let overhead = empty.wire_size();
+    let refused = [
+        forged(&template, r#""X":"v""#, r#""X":"v\r\nNats-Rollup: all""#),
+        forged(&template, r#""X":"v""#, r#""Nats-Expected-Stream":"OTHER""#),
+        forged(&template, r#""X":"v""#, r#""a b":"v""#),
+        forged(&template, r#""key":"k""#, r#""key":"k\n""#),
+        forged(
+            &template,
+            r#""subject":"test.subject""#,
+            r#""subject":"test.>""#,
+        ),
+        // One byte over: payload plus the id header's block.
+        Message::builder("test.subject")
+            .payload(vec![7_u8; 4096 - overhead + 1])
+            .build()
+            .unwrap(),
+        // Under the limit alone, over it with its headers.
+        Message::builder("test.subject")
+            .payload(vec![7_u8; 4000])
+            .header("X-Big", "h".repeat(200))
+            .build()
+            .unwrap(),
+    ];
+
+    let tx = f.client.transaction().await.unwrap();
+    for message in &refused {
+        let error = f.outbox.enqueue(&tx, message).await.unwrap_err();
+        assert!(
+            matches!(error, outbox_postgres::Error::InvalidMessage(_)),
+            "{error}"
+        );
+        assert!(!error.is_transient());
+        assert!(
+            error.to_string().contains(&message.id().to_string()),
+            "{error}"
+        );
+        let core = outbox_core::Error::from(error);
+        assert!(
+            matches!(core, outbox_core::Error::InvalidMessage(_)),
+            "{core}"
+        );
+    }
+    let error = f
+        .outbox
+        .enqueue_batch(&tx, &[template.clone(), refused[0].clone()])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, outbox_postgres::Error::InvalidMessage(_)));
+    // Refused before anything was sent: the caller's transaction is still usable.
+    let exactly_at_limit = Message::builder("test.subject")
+        .payload(vec![7_u8; 4096 - overhead])
+        .build()
+        .unwrap();
+    assert_eq!(exactly_at_limit.wire_size(), 4096);
+    let seq = f.outbox.enqueue(&tx, &exactly_at_limit).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(f.pending().await, [seq]);
+    let claimed = f.store().claim(ClaimRequest::new(10, &[])).await.unwrap();
+    assert_same(&claimed[0].message, &exactly_at_limit);
+}
+
+#[tokio::test]
+async fn the_default_limit_is_one_mebibyte() {
+    let f = Fixture::new().await;
+    assert_eq!(f.outbox.config().max_payload, 1024 * 1024);
+    let m = Message::builder("test.subject")
+        .payload(vec![0_u8; 1024 * 1024])
+        .build()
+        .unwrap();
+    let error = f.outbox.enqueue(&f.client, &m).await.unwrap_err();
+    assert!(error.to_string().contains("max_payload"), "{error}");
+    assert!(f.pending().await.is_empty());
+}
+
+/// Headers at the edges of what the rules allow reach a JetStream consumer byte for byte: a
+/// message that passed the checks cannot fail at publish because of its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_valid_headers_and_keys_arrive_as_sent() {
+    let mut f = Fixture::new().await;
+    let nats = outbox_testkit::TestNats::new().await;
+    let message = Message::builder(nats.subject("odd.Ünïcode-subject_1"))
+        .key("customer 42\twith tab, ünïcode and: colon")
+        .header("!#$%&'*+-.^_`|~", "punctuation name")
+        .header("X-Empty", "")
+        .header("X-Tab", "a\tb")
+        .header("X-Colon", "a: b: c")
+        .header("X-Utf8", "ünïcode ✓ 🦀")
+        .header("x-lower", "case kept")
+        .header("X-LOWER", "distinct from x-lower")
+        .header("X-Long", "v".repeat(8000))
+        .payload(vec![0_u8, 255, 13, 10])
+        .build()
+        .unwrap();
+    let tx = f.client.transaction().await.unwrap();
+    f.outbox.enqueue(&tx, &message).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let store = f.store();
+    let relay = outbox_testkit::RelayTask::start(
+        store.clone(),
+        outbox_nats::JetStreamPublisher::new(nats.client()),
+        store.elector(),
+        outbox_core::RelayConfig::default(),
+    );
+    let got = nats.wait_for_stream(1, Duration::from_secs(30)).await;
+    f.wait_until_empty(Duration::from_secs(30)).await;
+    relay.stop().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0], outbox_testkit::Received::from_message(&message));
+    let dead: i64 = f
+        .client
+        .query_one(
+            &format!("SELECT count(*) FROM {}.dead_letters", f.db.schema()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0);
+}

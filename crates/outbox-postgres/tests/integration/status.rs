@@ -14,7 +14,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 async fn status_of_an_empty_outbox() {
     let f = Fixture::new().await;
     let status = f.outbox.status(&f.client).await.unwrap();
-    assert_eq!(status.schema_version, Some(1));
+    assert_eq!(status.schema_version, Some(PgOutbox::SCHEMA_VERSION));
     assert_eq!(
         (
             status.pending,
@@ -76,7 +76,7 @@ async fn status_counts_pending_due_scheduled_retrying_and_dead_letters() {
     f.client.execute(&backdate, &[&seqs[2]]).await.unwrap();
 
     let status = f.outbox.status(&f.client).await.unwrap();
-    assert_eq!(status.schema_version, Some(1));
+    assert_eq!(status.schema_version, Some(PgOutbox::SCHEMA_VERSION));
     assert_eq!(status.pending, 4, "{status:?}");
     assert_eq!(status.due, 2, "{status:?}");
     assert_eq!(status.retrying, 1, "{status:?}");
@@ -215,10 +215,16 @@ async fn schema_version_is_none_until_migrated() {
     tx.execute("SELECT 1", &[]).await.unwrap();
     tx.commit().await.unwrap();
 
-    assert_eq!(outbox.migrate(&client).await.unwrap(), [1]);
-    assert_eq!(outbox.schema_version(&client).await.unwrap(), Some(1));
+    assert_eq!(
+        outbox.migrate(&client).await.unwrap(),
+        (1..=PgOutbox::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        outbox.schema_version(&client).await.unwrap(),
+        Some(PgOutbox::SCHEMA_VERSION)
+    );
     assert_eq!(
         outbox.status(&client).await.unwrap().schema_version,
-        Some(1)
+        Some(PgOutbox::SCHEMA_VERSION)
     );
 }
