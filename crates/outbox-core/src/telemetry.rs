@@ -1,4 +1,4 @@
-//! The relay's metrics, recorded through the [`metrics`](::metrics) facade.
+//! The relay's metrics, recorded through the [`metrics`] facade.
 //!
 //! Nothing is exported from here: install any `metrics` recorder (for example
 //! `metrics-exporter-prometheus`) in the application and these series appear. Names start with

@@ -183,7 +183,9 @@ async fn wildcard_subjects_are_invalid_messages() {
     // The builder refuses it; the publisher must too, for a message that bypassed the builder
     // (a stored row, rebuilt without checks).
     assert!(Message::builder(nats.subject("*")).build().is_err());
-    let m = Message::builder(nats.subject("*")).payload("{}").build_stored();
+    let m = Message::builder(nats.subject("*"))
+        .payload("{}")
+        .build_stored();
     let error = publisher.publish(&m).await.unwrap_err();
     assert!(
         matches!(error, outbox_core::Error::InvalidMessage(_)),

@@ -412,7 +412,8 @@ impl Store for PgStore {
     }
 
     /// With a [retention](crate::PgConfig::retention), purges published messages older than
-    /// it: up to [`HOUSEKEEPING_BATCHES`] batches per call, the rest at the next call.
+    /// it: up to five batches of [`DEFAULT_PURGE_BATCH`] rows per call,
+    /// the rest at the next call.
     async fn housekeep(&self) -> Result<(), outbox_core::Error> {
         let Some(retention) = self.inner.outbox.config().retention else {
             return Ok(());
