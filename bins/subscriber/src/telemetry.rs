@@ -26,18 +26,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     #[cfg(feature = "otel")]
-    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-}
-
-impl Drop for Telemetry {
-    fn drop(&mut self) {
-        #[cfg(feature = "otel")]
-        if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
-        {
-            tracing::warn!("cannot flush the last spans to the OTLP endpoint: {e}");
-        }
-    }
+    _export: Option<outbox_core::trace::otlp::Export>,
 }
 
 /// Installs the global `tracing` subscriber: logs on stderr and, with `otel`, the OTLP export.
@@ -52,14 +41,13 @@ pub(crate) fn init() -> Telemetry {
     let registry = tracing_subscriber::registry().with(filter).with(logs);
     #[cfg(feature = "otel")]
     {
-        let (provider, status) = otel::provider("outbox-subscriber");
-        let layer = provider.as_ref().map(|provider| {
-            use opentelemetry::trace::TracerProvider as _;
-            tracing_opentelemetry::layer().with_tracer(provider.tracer("subscriber"))
-        });
+        let (export, status) = outbox_core::trace::otlp::Export::from_env("outbox-subscriber");
+        let layer = export
+            .as_ref()
+            .map(|export| tracing_opentelemetry::layer().with_tracer(export.tracer("subscriber")));
         registry.with(layer).init();
         status.log();
-        Telemetry { provider }
+        Telemetry { _export: export }
     }
     #[cfg(not(feature = "otel"))]
     {
@@ -102,93 +90,4 @@ fn message_span(message: &jetstream::Message) -> tracing::Span {
         None => tracing::debug!("message received without a valid traceparent"),
     });
     span
-}
-
-#[cfg(feature = "otel")]
-mod otel {
-    use opentelemetry_otlp::SpanExporter;
-    use opentelemetry_sdk::Resource;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-
-    /// What became of the export, logged once the subscriber is installed.
-    pub(super) enum Status {
-        Exporting(String),
-        Off(&'static str),
-        Failed(String),
-    }
-
-    impl Status {
-        pub(super) fn log(&self) {
-            match self {
-                Status::Exporting(to) => {
-                    tracing::info!("exporting traces over OTLP/HTTP to {to}");
-                }
-                Status::Off(why) => tracing::info!("OpenTelemetry export off: {why}"),
-                Status::Failed(why) => {
-                    tracing::warn!("OpenTelemetry export off: cannot set up the exporter: {why}");
-                }
-            }
-        }
-    }
-
-    /// A tracer provider exporting over OTLP/HTTP, when the environment asks for one.
-    pub(super) fn provider(service: &str) -> (Option<SdkTracerProvider>, Status) {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-            return (None, Status::Off("OTEL_SDK_DISABLED is true"));
-        }
-        let Some(endpoint) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        else {
-            return (
-                None,
-                Status::Off("set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318)"),
-            );
-        };
-        // reqwest's TLS (an https endpoint) uses the process-wide rustls provider: ring, the
-        // one the rest of the program uses. An error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // The exporter reads the endpoint and its headers from the environment itself.
-        let exporter = match SpanExporter::builder().with_http().build() {
-            Ok(exporter) => exporter,
-            Err(e) => return (None, Status::Failed(e.to_string())),
-        };
-        let mut resource = Resource::builder();
-        if var("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name(service.to_owned());
-        }
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource.build())
-            .build();
-        opentelemetry::global::set_tracer_provider(provider.clone());
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
-        (Some(provider), Status::Exporting(shown(&endpoint)))
-    }
-
-    /// The endpoint without credentials, path or query: scheme, host and port.
-    fn shown(endpoint: &str) -> String {
-        match url::Url::parse(endpoint) {
-            Ok(url) => match (url.host_str(), url.port_or_known_default()) {
-                (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
-                (Some(host), None) => format!("{}://{host}", url.scheme()),
-                _ => "the configured endpoint".to_owned(),
-            },
-            Err(_) => "the configured endpoint".to_owned(),
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn endpoints_are_shown_without_credentials() {
-            assert_eq!(
-                super::shown("http://user:secret@collector:4318/v1/traces?token=x"),
-                "http://collector:4318"
-            );
-            assert_eq!(super::shown("not a url"), "the configured endpoint");
-        }
-    }
 }

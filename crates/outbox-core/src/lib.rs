@@ -26,6 +26,7 @@
 //! |---|---|---|
 //! | `memory` | off | [`memory`](crate) module: the reference backend for unit tests |
 //! | `opentelemetry` | off | [`TraceContext::current`](trace::TraceContext) and messages that pick up the current span's context (through `tracing-opentelemetry`) |
+//! | `otlp` | off | `trace::otlp`: spans exported over OTLP/HTTP as the `OTEL_*` environment variables say (implies `opentelemetry`) |
 //!
 //! # Examples
 //!

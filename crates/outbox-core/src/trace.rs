@@ -17,6 +17,9 @@
 //! message and its trace id, and with the `opentelemetry` feature it continues the message's
 //! trace.
 //!
+//! With the `otlp` feature, `otlp::Export` exports spans over OTLP/HTTP as the
+//! standard `OTEL_*` environment variables say.
+//!
 //! # Examples
 //!
 //! ```
@@ -39,6 +42,9 @@ use uuid::Uuid;
 
 use crate::message::Headers;
 use crate::{Error, Message, MessageBuilder};
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 /// The header carrying the trace and parent span ids: `traceparent`.
 pub const TRACEPARENT: &str = "traceparent";

@@ -8,9 +8,11 @@
 CREATE INDEX IF NOT EXISTS messages_available_at_idx ON {schema}.messages (available_at);
 DROP INDEX IF EXISTS {schema}.messages_key_available_at_idx;
 
--- Rows live for milliseconds: vacuum the table after a fixed number of changes rather than a
--- fraction of its (tiny) size, so that deleted rows do not pile up behind a scale factor during a
--- backlog, and without cost-based sleeping, so that a vacuum keeps up with the relay.
+-- Rows live for milliseconds, so the table holds few live rows and many dead ones between
+-- vacuums. The store vacuums it itself every PgConfig::vacuum_every deletes; for autovacuum, a
+-- fixed threshold instead of a fraction of a (backlog-sized) table, and no cost-based sleeping,
+-- which keeps each autovacuum short. What bounds dead rows under autovacuum alone is the server's
+-- autovacuum_naptime (README, "Table hygiene").
 ALTER TABLE {schema}.messages SET (
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 10000,

@@ -130,6 +130,11 @@ pub struct PgConfig {
     /// in batches, and `outbox purge-published` (or
     /// [`PgOutbox::purge_published`](crate::PgOutbox::purge_published)) does on demand.
     pub retention: Option<Duration>,
+    /// The store vacuums `messages` itself, on a connection of its own, after deleting this
+    /// many rows. Default: 50,000. Claims read the index entries of deleted rows until a vacuum
+    /// removes them, and autovacuum runs once a minute at most; `None` leaves it to autovacuum
+    /// (for example when the relay's role does not own the table).
+    pub vacuum_every: Option<u64>,
 }
 
 impl Default for PgConfig {
@@ -146,6 +151,7 @@ impl Default for PgConfig {
             application_name: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
             retention: None,
+            vacuum_every: Some(50_000),
         }
     }
 }
@@ -199,6 +205,9 @@ impl PgConfig {
         if self.max_payload < 1024 {
             return fail("max_payload must be at least 1024 bytes");
         }
+        if self.vacuum_every == Some(0) {
+            return fail("vacuum_every must be positive (or None, to leave it to autovacuum)");
+        }
         if self.retention.is_some_and(|r| r.is_zero()) {
             return fail("retention must be positive (or None, to delete published messages)");
         }
@@ -242,6 +251,13 @@ impl PgConfig {
         self.application_name
             .clone()
             .unwrap_or_else(|| truncate(format!("outbox-relay {}", self.schema)))
+    }
+
+    /// The `application_name` of the store's vacuum connection.
+    pub(crate) fn vacuum_name(&self) -> String {
+        self.application_name
+            .clone()
+            .unwrap_or_else(|| truncate(format!("outbox-vacuum {}", self.schema)))
     }
 
     /// The `application_name` of the `LISTEN` connection.
@@ -371,6 +387,12 @@ impl PgConfigBuilder {
     /// See [`PgConfig::max_payload`].
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.0.max_payload = bytes;
+        self
+    }
+
+    /// See [`PgConfig::vacuum_every`].
+    pub fn vacuum_every(mut self, rows: Option<u64>) -> Self {
+        self.0.vacuum_every = rows;
         self
     }
 

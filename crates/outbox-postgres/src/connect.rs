@@ -846,10 +846,10 @@ fn pgpass_match(
     Some(password)
 }
 
-/// What the server's certificate is checked against.
+/// What the server's certificate is checked against: nothing or a chain of trust only (see
+/// [`LaxVerifier`]), or a chain of trust and the host name.
 enum Verification {
-    None,
-    Chain(RootCertStore),
+    Lax(Option<RootCertStore>),
     Full(RootCertStore),
 }
 
@@ -859,11 +859,13 @@ fn client_config(
     client_cert: Option<&(PathBuf, PathBuf)>,
 ) -> Result<ClientConfig, ConnectOptionsError> {
     let verification = match (mode, root_certs) {
-        (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => Verification::None,
-        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(roots)) => {
-            Verification::Chain(load_roots(roots)?)
+        (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
+            Verification::Lax(None)
         }
-        (SslMode::VerifyCa, None) => Verification::Chain(load_roots(&RootCerts::System)?),
+        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(roots)) => {
+            Verification::Lax(Some(load_roots(roots)?))
+        }
+        (SslMode::VerifyCa, None) => Verification::Lax(Some(load_roots(&RootCerts::System)?)),
         (SslMode::VerifyFull, roots) => {
             Verification::Full(load_roots(roots.unwrap_or(&RootCerts::System))?)
         }
@@ -873,19 +875,12 @@ fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(ConnectOptionsError::Tls)?;
     let builder = match verification {
-        Verification::None => builder
+        Verification::Lax(roots) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate {
+            .with_custom_certificate_verifier(Arc::new(LaxVerifier {
+                roots,
                 algorithms: provider.signature_verification_algorithms,
             })),
-        Verification::Chain(roots) => {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots,
-                    algorithms: provider.signature_verification_algorithms,
-                }))
-        }
         Verification::Full(roots) => builder.with_root_certificates(roots),
     };
     let mut config = match client_cert {
@@ -967,57 +962,20 @@ fn load_roots(roots: &RootCerts) -> Result<RootCertStore, ConnectOptionsError> {
     Ok(store)
 }
 
-/// `sslmode=prefer` or `require` without a root certificate: encrypt, trust any certificate
-/// (libpq's behaviour). The handshake's signatures are still checked, so the session is bound
-/// to the certificate the server showed.
+/// The verifications below `sslmode=verify-full`, which check no host name.
+///
+/// Without `roots` (`sslmode=prefer` or `require` without a root certificate): encrypt, trust
+/// any certificate (libpq's behaviour). With `roots` (`sslmode=verify-ca`, or a root certificate
+/// given to `prefer` or `require`): the chain must lead to one of them. Either way the
+/// handshake's signatures are checked, so the session is bound to the certificate the server
+/// showed.
 #[derive(Debug)]
-struct AnyCertificate {
+struct LaxVerifier {
+    roots: Option<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must lead to a trusted root; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LaxVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -1026,14 +984,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -1074,31 +1034,28 @@ mod tests {
 
     #[test]
     fn modes_map_to_tokio_postgres() {
+        use tokio_postgres::config::SslMode as Tp;
         for (url, mode, tp) in [
-            (
-                "postgres://u@h/db",
-                SslMode::Prefer,
-                tokio_postgres::config::SslMode::Prefer,
-            ),
+            ("postgres://u@h/db", SslMode::Prefer, Tp::Prefer),
             (
                 "postgres://u@h/db?sslmode=disable",
                 SslMode::Disable,
-                tokio_postgres::config::SslMode::Disable,
+                Tp::Disable,
             ),
             (
                 "postgres://u@h/db?sslmode=require",
                 SslMode::Require,
-                tokio_postgres::config::SslMode::Require,
+                Tp::Require,
             ),
             (
                 "postgres://u@h/db?sslmode=verify-full&application_name=x",
                 SslMode::VerifyFull,
-                tokio_postgres::config::SslMode::Require,
+                Tp::Require,
             ),
             (
                 "host=h user=u sslmode=verify-full",
                 SslMode::VerifyFull,
-                tokio_postgres::config::SslMode::Require,
+                Tp::Require,
             ),
         ] {
             let options = parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));

@@ -98,6 +98,7 @@ mod session;
 mod sql;
 pub mod status;
 pub mod store;
+mod vacuum;
 
 pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
 pub use connect::{

@@ -224,6 +224,9 @@ WITH done AS (
 INSERT INTO {schema}.published (seq, id, subject, key, payload, headers, created_at, attempts)
 SELECT seq, id, subject, key, payload, headers, created_at, attempts FROM done";
 
+// The relay's own vacuum of the hot table (see the `vacuum` module).
+const VACUUM: &str = "VACUUM {schema}.messages";
+
 const COUNT_PUBLISHED: &str = "\
 SELECT count(*) AS n FROM {schema}.published WHERE published_at < now() - $1 * interval '1 microsecond'";
 
@@ -366,6 +369,7 @@ pub(crate) struct Sql {
     pub(crate) complete: String,
     pub(crate) purge_published_batch: String,
     pub(crate) count_published: String,
+    pub(crate) vacuum: String,
     pub(crate) backlog: String,
     pub(crate) status: String,
     pub(crate) schema_version: String,
@@ -409,6 +413,7 @@ impl Sql {
             }),
             purge_published_batch: r(PURGE_PUBLISHED_BATCH),
             count_published: r(COUNT_PUBLISHED),
+            vacuum: r(VACUUM),
             backlog: r(BACKLOG),
             status: r(STATUS),
             schema_version: r(SCHEMA_VERSION),

@@ -12,6 +12,7 @@ use outbox_core::{
 
 use crate::claim::Deleted;
 use crate::retention::DEFAULT_PURGE_BATCH;
+use crate::vacuum::Vacuum;
 
 /// Purge batches one housekeeping round runs at most, so that it never holds up the relay for
 /// long; a backlog of expired rows is worked off over several rounds.
@@ -74,6 +75,8 @@ struct Inner {
     listener: Option<Listener>,
     /// Seqs this store deleted: they bound the claim's scans (see the `claim` module).
     deleted: Mutex<Deleted>,
+    /// When to vacuum `messages` (see the `vacuum` module).
+    vacuum: Arc<Vacuum>,
 }
 
 #[derive(Default)]
@@ -139,6 +142,7 @@ impl PgStore {
         PgStore {
             inner: Arc::new(Inner {
                 deleted: Mutex::new(Deleted::default()),
+                vacuum: Arc::default(),
                 outbox: outbox.clone(),
                 db,
                 tls,
@@ -369,6 +373,10 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.on_error(&session, Error::query("complete")(e)))?;
         self.deleted().extend(seqs);
+        let inner = &self.inner;
+        inner
+            .vacuum
+            .deleted(seqs.len(), &inner.outbox, &inner.db, &inner.tls);
         Ok(())
     }
 

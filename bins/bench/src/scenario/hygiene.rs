@@ -200,8 +200,9 @@ async fn variant(ctx: &Ctx<'_>, fx: &Fixture, storage: Storage) -> anyhow::Resul
     let autovacuum_on = server.get("autovacuum").and_then(Value::as_str) == Some("on");
     if !autovacuum_on {
         tracing::warn!(
-            "autovacuum is off on this server: the hygiene figures show no vacuum at all; \
-             point --database-url at a server with autovacuum on to compare the settings"
+            "autovacuum is off on this server: only the store's own vacuum (PgConfig::vacuum_every) \
+             runs, so the two table settings cannot differ; point --database-url at a server with \
+             autovacuum on to compare them"
         );
     }
     let settle = if autovacuum_on {
@@ -216,6 +217,8 @@ async fn variant(ctx: &Ctx<'_>, fx: &Fixture, storage: Storage) -> anyhow::Resul
     let t0 = first.at;
     let (latest_tx, mut latest) = watch::channel(first.clone());
     let stop_sampling = CancellationToken::new();
+    // Stops the sampler however this function ends.
+    let _stop_sampling_on_exit = stop_sampling.clone().drop_guard();
     let sampler = tokio::spawn(sample_until(
         sampler_client,
         table.clone(),
@@ -284,7 +287,6 @@ async fn variant(ctx: &Ctx<'_>, fx: &Fixture, storage: Storage) -> anyhow::Resul
     let ((commits, late, produced_in), relayed_in) = match joined {
         Ok(done) => done,
         Err(error) => {
-            stop_sampling.cancel();
             relay.stop().await?;
             return Err(error);
         }

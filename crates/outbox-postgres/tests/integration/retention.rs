@@ -112,3 +112,63 @@ async fn a_zero_retention_is_a_configuration_error() {
         .unwrap_err();
     assert!(err.to_string().contains("retention"), "{err}");
 }
+
+#[tokio::test]
+async fn the_store_vacuums_the_hot_table_after_every_so_many_deletes() {
+    let f = Fixture::with(|b| b.vacuum_every(Some(100))).await;
+    let sent: Vec<_> = (0..250)
+        .map(|i| message(Some(&format!("key-{}", i % 7)), i))
+        .collect();
+    f.outbox.enqueue_batch(&f.client, &sent).await.unwrap();
+    let store = f.store();
+    let vacuums = async || -> i64 {
+        let sql = "SELECT vacuum_count FROM pg_stat_user_tables \
+                   WHERE schemaname = $1 AND relname = 'messages'";
+        f.client
+            .query_one(sql, &[&f.db.schema()])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(vacuums().await, 0);
+    // 50 deletes: below the threshold.
+    let claimed = store.claim(ClaimRequest::new(50, &[])).await.unwrap();
+    let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+    store.complete(&seqs).await.unwrap();
+    // 100 more: over it; the vacuum runs on a connection of its own.
+    let claimed = store.claim(ClaimRequest::new(100, &[])).await.unwrap();
+    let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+    store.complete(&seqs).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while vacuums().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no vacuum after 150 deletes with vacuum_every = 100"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead: i64 = f
+        .client
+        .query_one(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'messages'",
+            &[&f.db.schema()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "the vacuum removed the deleted rows");
+}
+
+#[tokio::test]
+async fn vacuum_every_can_be_turned_off_but_not_set_to_zero() {
+    let config = outbox_postgres::PgConfig::builder()
+        .vacuum_every(None)
+        .build()
+        .unwrap();
+    assert_eq!(config.vacuum_every, None);
+    let err = outbox_postgres::PgConfig::builder()
+        .vacuum_every(Some(0))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("vacuum_every"), "{err}");
+}
