@@ -8,9 +8,9 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use outbox_testkit::{Received, TestDatabase, TestNats};
+use outbox_testkit::Received;
 use serde_json::Value;
-use support::{Example, args, isolation};
+use support::{Env, Example};
 use tokio::time::Instant;
 
 const START: Duration = Duration::from_secs(30);
@@ -19,54 +19,9 @@ const WAIT: Duration = Duration::from_secs(60);
 const ORDERS: usize = 4_000;
 const CUSTOMERS: usize = 25;
 
-/// Fixtures of one test: two fresh schemas (outbox, app) and a fresh stream.
-struct Env {
-    outbox_db: TestDatabase,
-    app_db: TestDatabase,
-    nats: TestNats,
-}
-
 impl Env {
-    async fn new() -> Self {
-        Env {
-            outbox_db: TestDatabase::new().await,
-            app_db: TestDatabase::new().await,
-            nats: TestNats::new().await,
-        }
-    }
-
-    fn start(&self, name: &str, extra: &[&str]) -> Example {
-        let mut all = isolation(
-            self.outbox_db.schema(),
-            self.app_db.schema(),
-            self.nats.stream_name(),
-            self.nats.prefix(),
-        );
-        all.extend(args(extra));
-        Example::spawn(
-            name,
-            &all,
-            &[
-                ("DATABASE_URL", self.outbox_db.url()),
-                ("NATS_URL", self.nats.url()),
-            ],
-        )
-    }
-
     fn leader(&self, name: &str) -> Example {
         self.start(name, &["--role", "leader", "--port", "0"])
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        let client = self.outbox_db.connect().await;
-        let sql = sql
-            .replace("{outbox}", self.outbox_db.schema())
-            .replace("{app}", self.app_db.schema());
-        client
-            .query_one(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
     }
 
     async fn stream_len(&self) -> u64 {

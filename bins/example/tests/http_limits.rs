@@ -8,9 +8,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outbox_testkit::{NatsServer, TestDatabase, TestNats};
+use outbox_testkit::{NatsServer, TestNats};
 use serde_json::{Value, json};
-use support::{Example, args, free_port, http_json, isolation};
+use support::{Env, Example, args, free_port, http_json, isolation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const START: Duration = Duration::from_secs(30);
@@ -18,44 +18,7 @@ const EXIT: Duration = Duration::from_secs(30);
 /// The body limit of the service.
 const LIMIT: usize = 64 * 1024;
 
-/// Fixtures of one test: two fresh schemas (outbox, app) and a fresh stream.
-struct Env {
-    outbox_db: TestDatabase,
-    app_db: TestDatabase,
-    nats: TestNats,
-}
-
 impl Env {
-    async fn new() -> Self {
-        Self::with_nats(TestNats::new().await).await
-    }
-
-    async fn with_nats(nats: TestNats) -> Self {
-        Env {
-            outbox_db: TestDatabase::new().await,
-            app_db: TestDatabase::new().await,
-            nats,
-        }
-    }
-
-    fn start(&self, name: &str, extra: &[&str]) -> Example {
-        let mut all = isolation(
-            self.outbox_db.schema(),
-            self.app_db.schema(),
-            self.nats.stream_name(),
-            self.nats.prefix(),
-        );
-        all.extend(args(extra));
-        Example::spawn(
-            name,
-            &all,
-            &[
-                ("DATABASE_URL", self.outbox_db.url()),
-                ("NATS_URL", self.nats.url()),
-            ],
-        )
-    }
-
     /// Starts a replica with HTTP on a free port and waits until it listens.
     async fn replica(&self, extra: &[&str]) -> (Example, u16) {
         let port = free_port();
@@ -69,13 +32,7 @@ impl Env {
     }
 
     async fn orders_in_database(&self) -> i64 {
-        let client = self.outbox_db.connect().await;
-        let sql = format!("SELECT count(*) FROM \"{}\".orders", self.app_db.schema());
-        client
-            .query_one(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
+        self.count("SELECT count(*) FROM \"{app}\".orders").await
     }
 }
 

@@ -8,9 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outbox_testkit::{TestDatabase, TestNats};
-use support::{Example, args, free_port, http, http_json, isolation};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Env, exchange, free_port, http, http_json};
 
 const START: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(30);
@@ -169,21 +167,11 @@ fn the_parser_reads_the_text_format() {
 
 /// `GET /metrics` on `port`: the content type and the parsed body.
 async fn scrape(port: u16) -> (String, Scrape) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        stream.read_to_string(&mut response),
+    let response = exchange(
+        port,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .expect("a response within 30 s")
-    .expect("read");
+    .await;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("bad response: {response}"));
@@ -256,32 +244,19 @@ fn histogram(scrape: &Scrape, name: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_exports_what_it_relayed_on_both_ports() {
-    let outbox_db = TestDatabase::new().await;
-    let app_db = TestDatabase::new().await;
-    let nats = TestNats::new().await;
+    let env = Env::new().await;
     let (port, metrics_port) = (free_port(), free_port());
-    let mut all = isolation(
-        outbox_db.schema(),
-        app_db.schema(),
-        nats.stream_name(),
-        nats.prefix(),
-    );
-    all.extend(args(&[
-        "--role",
+    let mut leader = env.start_with(
         "leader",
-        "--port",
-        &port.to_string(),
-        "--backlog-interval-ms",
-        "100",
-    ]));
-    let mut leader = Example::spawn(
-        "leader",
-        &all,
         &[
-            ("DATABASE_URL", outbox_db.url()),
-            ("NATS_URL", nats.url()),
-            ("METRICS_PORT", &metrics_port.to_string()),
+            "--role",
+            "leader",
+            "--port",
+            &port.to_string(),
+            "--backlog-interval-ms",
+            "100",
         ],
+        &[("METRICS_PORT", &metrics_port.to_string())],
     );
     leader.wait_for_line("metrics listening", START).await;
     leader.wait_for_line("became leader", START).await;
@@ -310,7 +285,10 @@ async fn a_leader_exports_what_it_relayed_on_both_ports() {
     while let Some(joined) = tasks.join_next().await {
         joined.expect("order worker");
     }
-    let messages = nats.wait_for_stream(ORDERS, Duration::from_secs(60)).await;
+    let messages = env
+        .nats
+        .wait_for_stream(ORDERS, Duration::from_secs(60))
+        .await;
     assert_eq!(messages.len(), ORDERS);
 
     // The backlog gauges are samples: wait for one taken after the drain.
@@ -392,31 +370,21 @@ async fn a_leader_exports_what_it_relayed_on_both_ports() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_taken_metrics_port_fails_at_startup() {
-    let outbox_db = TestDatabase::new().await;
-    let app_db = TestDatabase::new().await;
-    let nats = TestNats::new().await;
+    let env = Env::new().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let metrics_port = taken.local_addr().expect("address").port().to_string();
-    let mut all = isolation(
-        outbox_db.schema(),
-        app_db.schema(),
-        nats.stream_name(),
-        nats.prefix(),
-    );
-    all.extend(args(&[
-        "--role",
+    let mut replica = env.start(
         "replica",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &free_port().to_string(),
-        "--metrics-port",
-        &metrics_port,
-    ]));
-    let mut replica = Example::spawn(
-        "replica",
-        &all,
-        &[("DATABASE_URL", outbox_db.url()), ("NATS_URL", nats.url())],
+        &[
+            "--role",
+            "replica",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &free_port().to_string(),
+            "--metrics-port",
+            &metrics_port,
+        ],
     );
     assert_eq!(replica.wait_exit(EXIT).await.code(), Some(1));
     let logs = replica.logs();

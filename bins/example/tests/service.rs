@@ -8,63 +8,12 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use outbox_testkit::{NatsServer, Received, TestDatabase, TestNats};
+use outbox_testkit::{NatsServer, Received, TestNats};
 use serde_json::{Value, json};
-use support::{Example, args, free_port, http, http_json, isolation};
+use support::{Env, Example, args, free_port, http, http_json};
 
 const START: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(30);
-
-/// Fixtures of one test: two fresh schemas (outbox, app) and a fresh stream.
-struct Env {
-    outbox_db: TestDatabase,
-    app_db: TestDatabase,
-    nats: TestNats,
-}
-
-impl Env {
-    async fn new() -> Self {
-        Self::with_nats(TestNats::new().await).await
-    }
-
-    async fn with_nats(nats: TestNats) -> Self {
-        Env {
-            outbox_db: TestDatabase::new().await,
-            app_db: TestDatabase::new().await,
-            nats,
-        }
-    }
-
-    fn env(&self) -> [(&str, &str); 2] {
-        [
-            ("DATABASE_URL", self.outbox_db.url()),
-            ("NATS_URL", self.nats.url()),
-        ]
-    }
-
-    fn start(&self, name: &str, extra: &[&str]) -> Example {
-        let mut all = isolation(
-            self.outbox_db.schema(),
-            self.app_db.schema(),
-            self.nats.stream_name(),
-            self.nats.prefix(),
-        );
-        all.extend(args(extra));
-        Example::spawn(name, &all, &self.env())
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        let client = self.outbox_db.connect().await;
-        let sql = sql
-            .replace("{outbox}", self.outbox_db.schema())
-            .replace("{app}", self.app_db.schema());
-        client
-            .query_one(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
-    }
-}
 
 fn payload(message: &Received) -> Value {
     serde_json::from_slice(&message.payload).expect("JSON payload")

@@ -7,10 +7,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outbox_testkit::{Received, TestDatabase, TestNats};
+use outbox_testkit::Received;
 use serde_json::Value;
-use support::{Example, args, free_port, isolation};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Env, free_port, http_json_with};
 
 const START: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(30);
@@ -21,33 +20,7 @@ const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 
 /// `POST /order` with `body` and extra request headers; returns the status and the JSON body.
 async fn post_order(port: u16, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let request = format!(
-        "POST /order HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    tokio::time::timeout(EXIT, stream.read_to_string(&mut response))
-        .await
-        .expect("a response in time")
-        .expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {response}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("POST /order -> {status}: body {body:?} is not JSON: {e}"));
-    (status, json)
+    http_json_with(port, "POST", "/order", headers, Some(body)).await
 }
 
 /// The trace id of a `traceparent` value (its second field).
@@ -59,22 +32,9 @@ fn trace_id_of(traceparent: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_traceparent_of_an_order_request_arrives_in_the_nats_headers() {
-    let outbox_db = TestDatabase::new().await;
-    let app_db = TestDatabase::new().await;
-    let nats = TestNats::new().await;
+    let env = Env::new().await;
     let port = free_port();
-    let mut flags = isolation(
-        outbox_db.schema(),
-        app_db.schema(),
-        nats.stream_name(),
-        nats.prefix(),
-    );
-    flags.extend(args(&["--role", "leader", "--port", &port.to_string()]));
-    let mut leader = Example::spawn(
-        "leader",
-        &flags,
-        &[("DATABASE_URL", outbox_db.url()), ("NATS_URL", nats.url())],
-    );
+    let mut leader = env.start("leader", &["--role", "leader", "--port", &port.to_string()]);
     leader.wait_for_line("became leader", START).await;
     leader.wait_for_line("HTTP listening", START).await;
 
@@ -100,7 +60,7 @@ async fn the_traceparent_of_an_order_request_arrives_in_the_nats_headers() {
     .await;
     assert_eq!(status, 201, "{invalid}");
 
-    let messages = nats.wait_for_stream(3, Duration::from_secs(30)).await;
+    let messages = env.nats.wait_for_stream(3, Duration::from_secs(30)).await;
     assert_eq!(messages.len(), 3, "{messages:?}");
     let by_id: BTreeMap<&str, &Received> = messages
         .iter()

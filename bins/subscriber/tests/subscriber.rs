@@ -9,28 +9,9 @@ use async_nats::jetstream::stream;
 use futures::StreamExt;
 use outbox_testkit::{NatsServer, TestNats};
 
-use common::{Pipe, free_port, publish, run, spawn};
+use common::{Pipe, args, free_port, on, publish, run, run_until_timeout, spawn};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The flags that point the subscriber at `nats`' stream.
-fn on(nats: &TestNats) -> Vec<String> {
-    vec![
-        "--nats-url".into(),
-        nats.url().into(),
-        "--stream".into(),
-        nats.stream_name().into(),
-        "--subject".into(),
-        format!("{}.>", nats.prefix()),
-    ]
-}
-
-fn args<'a>(base: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
-    base.iter()
-        .map(String::as_str)
-        .chain(extra.iter().copied())
-        .collect()
-}
 
 // ---- checking what is in the stream ----
 
@@ -430,32 +411,15 @@ async fn unknown_flags_and_bad_numbers_exit_2_with_one_line() {
 async fn an_unreachable_server_is_retried_until_the_timeout_then_exits_1() {
     let url = format!("nats://127.0.0.1:{}", free_port());
     let started = std::time::Instant::now();
-    let done = run(&[
-        "--nats-url",
-        &url,
-        "--expect",
-        "1",
-        "--timeout",
-        "2",
-        "--json",
-    ])
-    .await;
+    let done = run_until_timeout(&["--nats-url", &url], "cannot reach NATS").await;
 
-    assert_eq!(done.code, Some(1), "{done:#?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );
-    let stderr = done.stderr_text();
-    assert!(
-        stderr.matches("cannot reach NATS").count() >= 2,
-        "expected retries in the log: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let json = done.json();
-    assert_eq!(json["outcome"], "timeout");
-    assert_eq!(json["attached"], false);
+    assert!(!done.stderr_text().contains("panicked"), "{done:#?}");
+    assert_eq!(done.json()["attached"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

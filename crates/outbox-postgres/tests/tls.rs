@@ -9,7 +9,7 @@ use outbox_core::{ClaimRequest, Message, Store};
 use outbox_postgres::{
     PasswordSource, PgConfig, PgConnectOptions, PgOutbox, PgStore, SslMode, WakeUp,
 };
-use outbox_testkit::{CertFiles, PgCluster, PgClusterConfig, TestCa};
+use outbox_testkit::{CertFiles, PgCluster, PgClusterConfig, TestCa, assert_nothing_to_claim};
 
 const PASSWORD: &str = "s3cr3t-pg";
 
@@ -265,13 +265,7 @@ async fn the_store_claims_over_tls() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].message.id(), message.id());
     store.complete(&[claimed[0].seq]).await.unwrap();
-    assert!(
-        store
-            .claim(ClaimRequest::new(10, &[]))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_to_claim(&store).await;
 
     // The store's session and its LISTEN connection (started by the first wait) both use TLS.
     store.wait_for_work(Duration::from_millis(1)).await;

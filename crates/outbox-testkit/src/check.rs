@@ -1,6 +1,6 @@
 use std::collections::{HashMap, HashSet};
 
-use outbox_core::Message;
+use outbox_core::{ClaimRequest, Message, Store};
 
 use crate::Received;
 
@@ -51,4 +51,21 @@ pub fn assert_exactly_once_in_key_order(sent: &[Message], got: &[Received]) {
 pub fn assert_published_once_in_key_order(sent: &[Message], published: &[Message]) {
     let got: Vec<Received> = published.iter().map(Received::from_message).collect();
     assert_exactly_once_in_key_order(sent, &got);
+}
+
+/// Asserts that a claim on `store` gets nothing: no committed message is pending and due.
+///
+/// # Panics
+///
+/// When a claim fails, or claims something (naming the seqs).
+pub async fn assert_nothing_to_claim<S: Store>(store: &S) {
+    let claimed = store
+        .claim(ClaimRequest::new(10, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("claim: {e}"));
+    let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+    assert!(
+        seqs.is_empty(),
+        "nothing to claim, but claimed seqs {seqs:?}"
+    );
 }

@@ -136,24 +136,54 @@ async fn start_container() -> Option<(
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let url = self.url.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
-        // Drop runs inside the test's runtime, which cannot block on itself: clean up from a
-        // thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&sql).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        drop_schema(&self.url, &self.schema);
     }
+}
+
+/// Drops a schema other than a [`TestDatabase`]'s own (a test that creates one under a name of
+/// its choosing) with everything in it when the guard is dropped, even by a panic.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() {
+/// let db = outbox_testkit::TestDatabase::new().await;
+/// let _guard = db.schema_guard("Mixed_Case");
+/// db.connect().await.batch_execute("CREATE SCHEMA \"Mixed_Case\"").await.unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "the schema is dropped when the guard is"]
+pub struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl TestDatabase {
+    /// A guard that drops `schema` (quoted: its name may hold capitals) on this database when
+    /// it is dropped.
+    pub fn schema_guard(&self, schema: &str) -> SchemaGuard {
+        SchemaGuard {
+            url: self.url.clone(),
+            schema: schema.to_owned(),
+        }
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        drop_schema(&self.url, &self.schema);
+    }
+}
+
+/// Drops `schema` (quoted) with everything in it, from a `Drop`; best effort.
+fn drop_schema(url: &str, schema: &str) {
+    let url = url.to_owned();
+    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    crate::cleanup::block_on_thread(async move {
+        if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+            tokio::spawn(connection);
+            let _ = client.batch_execute(&sql).await;
+        }
+    });
 }

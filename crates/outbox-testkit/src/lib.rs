@@ -30,6 +30,7 @@
 
 pub mod broker_suite;
 mod check;
+mod cleanup;
 mod database;
 mod faulty;
 mod nats;
@@ -40,8 +41,10 @@ mod relay;
 pub mod store_suite;
 mod tls;
 
-pub use check::{assert_exactly_once_in_key_order, assert_published_once_in_key_order};
-pub use database::{DEFAULT_DATABASE_URL, TestDatabase};
+pub use check::{
+    assert_exactly_once_in_key_order, assert_nothing_to_claim, assert_published_once_in_key_order,
+};
+pub use database::{DEFAULT_DATABASE_URL, SchemaGuard, TestDatabase};
 pub use faulty::{FaultyBroker, FaultyStore};
 pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats};
 pub use nats_config::ConfiguredNatsServer;

@@ -189,23 +189,14 @@ impl Drop for TestNats {
         // drop is blocking.
         let url = self.url.clone();
         let name = self.stream_name.clone();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    if let Ok(client) = async_nats::connect(&url).await {
-                        let _ = jetstream::new(client).delete_stream(&name).await;
-                    }
-                })
-                .await;
-            });
+        crate::cleanup::block_on_thread(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                if let Ok(client) = async_nats::connect(&url).await {
+                    let _ = jetstream::new(client).delete_stream(&name).await;
+                }
+            })
+            .await;
         });
-        let _ = cleanup.join();
     }
 }
 

@@ -222,10 +222,8 @@ async fn produce(
             Some(outbox) => {
                 let total = 1999_i64;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&customer, &total];
-                let (inserted, enqueued) = tokio::join!(
-                    tx.execute(&insert, &params),
-                    outbox.enqueue(&tx, &message)
-                );
+                let (inserted, enqueued) =
+                    tokio::join!(tx.execute(&insert, &params), outbox.enqueue(&tx, &message));
                 inserted?;
                 enqueued.context("enqueue")?;
             }

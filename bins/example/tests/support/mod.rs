@@ -5,6 +5,7 @@
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use outbox_testkit::{TestDatabase, TestNats};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -148,17 +149,12 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status and the body.
-pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// Sends `request`, a whole HTTP/1.1 request with `Connection: close`, to 127.0.0.1:`port`;
+/// returns the whole response.
+pub async fn exchange(port: u16, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = String::new();
     tokio::time::timeout(
@@ -168,6 +164,33 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u
     .await
     .expect("a response within 30 s")
     .expect("read");
+    response
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status and the body.
+pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_with(port, method, path, &[], body).await
+}
+
+/// `http` with extra request headers.
+pub async fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = exchange(port, &request).await;
     let status = response
         .split(' ')
         .nth(1)
@@ -187,7 +210,18 @@ pub async fn http_json(
     path: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let (status, body) = http(port, method, path, body).await;
+    http_json_with(port, method, path, &[], body).await
+}
+
+/// `http_json` with extra request headers.
+pub async fn http_json_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = http_with(port, method, path, headers, body).await;
     let value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{method} {path} -> {status}: body {body:?} is not JSON: {e}"));
     (status, value)
@@ -213,4 +247,65 @@ pub fn isolation(schema: &str, app_schema: &str, stream: &str, prefix: &str) -> 
 /// Converts string slices to owned arguments.
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Fixtures of one test: two fresh schemas (outbox, app) and a fresh stream.
+pub struct Env {
+    pub outbox_db: TestDatabase,
+    pub app_db: TestDatabase,
+    pub nats: TestNats,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        Self::with_nats(TestNats::new().await).await
+    }
+
+    pub async fn with_nats(nats: TestNats) -> Self {
+        Env {
+            outbox_db: TestDatabase::new().await,
+            app_db: TestDatabase::new().await,
+            nats,
+        }
+    }
+
+    /// `DATABASE_URL` and `NATS_URL` of the fixtures.
+    pub fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("DATABASE_URL", self.outbox_db.url()),
+            ("NATS_URL", self.nats.url()),
+        ]
+    }
+
+    /// Starts `example` on the fixtures with `extra` arguments.
+    pub fn start(&self, name: &str, extra: &[&str]) -> Example {
+        self.start_with(name, extra, &[])
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_with(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Example {
+        let mut all = isolation(
+            self.outbox_db.schema(),
+            self.app_db.schema(),
+            self.nats.stream_name(),
+            self.nats.prefix(),
+        );
+        all.extend(args(extra));
+        let mut vars = self.env().to_vec();
+        vars.extend_from_slice(env);
+        Example::spawn(name, &all, &vars)
+    }
+
+    /// The one value `sql` selects, with `{outbox}` and `{app}` standing for the schemas.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let client = self.outbox_db.connect().await;
+        let sql = sql
+            .replace("{outbox}", self.outbox_db.schema())
+            .replace("{app}", self.app_db.schema());
+        client
+            .query_one(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, publish::PublishAck};
+use outbox_testkit::TestNats;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -63,12 +64,38 @@ pub struct Running {
     stderr: Vec<String>,
 }
 
+/// The flags that point the subscriber at `nats`' stream and its subjects.
+pub fn on(nats: &TestNats) -> Vec<String> {
+    vec![
+        "--nats-url".into(),
+        nats.url().into(),
+        "--stream".into(),
+        nats.stream_name().into(),
+        "--subject".into(),
+        format!("{}.>", nats.prefix()),
+    ]
+}
+
+/// `base` followed by `extra`, as the argument list of a run.
+pub fn args<'a>(base: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect()
+}
+
 /// Starts `subscriber args...` with `NATS_URL` unset and logs at info.
 pub fn spawn(args: &[&str]) -> Running {
+    spawn_with_env(args, &[])
+}
+
+/// `spawn` with extra environment variables.
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_subscriber"))
         .args(args)
         .env_remove("NATS_URL")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -184,6 +211,31 @@ impl Running {
 /// Runs `subscriber args...` to completion.
 pub async fn run(args: &[&str]) -> Finished {
     spawn(args).finish().await
+}
+
+/// Runs `subscriber args...` with extra environment variables, to completion.
+pub async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    spawn_with_env(args, env).finish().await
+}
+
+/// Runs `subscriber args... --expect 1 --timeout 2 --json` against a server that does not
+/// answer, and checks that it logged `retried` at least twice, then gave up with exit code 1
+/// and outcome `timeout`. Returns the run for further checks.
+pub async fn run_until_timeout(args: &[&str], retried: &str) -> Finished {
+    let argv: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--expect", "1", "--timeout", "2", "--json"])
+        .collect();
+    let done = run(&argv).await;
+    assert_eq!(done.code, Some(1), "{done:#?}");
+    let stderr = done.stderr_text();
+    assert!(
+        stderr.matches(retried).count() >= 2,
+        "expected retries in the log: {stderr}"
+    );
+    assert_eq!(done.json()["outcome"], "timeout", "{done:#?}");
+    done
 }
 
 /// Publishes an order-like event: JSON `{"customer_id": key, "seq": seq}` with the outbox's

@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::{ClaimRequest, Message, Store};
 use outbox_postgres::WakeUp;
+use outbox_testkit::assert_nothing_to_claim;
 
 use crate::common::{Fixture, assert_same, message, within};
 
@@ -31,13 +32,7 @@ async fn an_uncommitted_message_is_invisible_until_commit() {
     let store = f.store();
     let tx = f.client.transaction().await.unwrap();
     let seq = f.outbox.enqueue(&tx, &message(None, 1)).await.unwrap();
-    assert!(
-        store
-            .claim(ClaimRequest::new(10, &[]))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_to_claim(&store).await;
     tx.commit().await.unwrap();
     let claimed = store.claim(ClaimRequest::new(10, &[])).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.seq).collect::<Vec<_>>(), [seq]);

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use outbox_core::{ClaimRequest, Message, Store};
 use outbox_postgres::{Error, PgConfig, PgOutbox, PgStore, WakeUp, validate_schema};
-use outbox_testkit::TestDatabase;
-use tokio_postgres::NoTls;
+use outbox_testkit::{TestDatabase, assert_nothing_to_claim};
 
 use crate::common::within;
 
@@ -49,35 +48,6 @@ fn hostile_schema_names_are_refused_with_a_clear_error() {
          letters, digits and underscores, not starting with a digit \
          (^[A-Za-z_][A-Za-z0-9_]{0,62}$)"
     );
-}
-
-/// Drops a schema (quoted: its name may have capitals) when the test ends, even by a panic.
-struct SchemaGuard {
-    url: String,
-    name: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let url = self.url.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        // The test's runtime cannot block on itself: clean up on a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&sql).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
 }
 
 /// Migrates an outbox in `schema`, enqueues two messages (one committed, one rolled back),
@@ -150,13 +120,7 @@ async fn round_trip(db: &TestDatabase, schema: &str, wake_up: WakeUp) {
     assert_eq!(claimed.len(), 1);
     assert_eq!((claimed[0].seq, claimed[0].message.id()), (seq, kept.id()));
     store.complete(&[seq]).await.unwrap();
-    assert!(
-        store
-            .claim(ClaimRequest::new(10, &[]))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_to_claim(&store).await;
     assert_eq!(outbox.status(&client).await.unwrap().pending, 0);
 }
 
@@ -171,13 +135,7 @@ async fn odd_but_legal_schema_names_work_end_to_end() {
         .take(63)
         .collect::<String>();
     assert_eq!(longest.len(), 63);
-    let _guards: Vec<SchemaGuard> = [&mixed, &longest]
-        .into_iter()
-        .map(|name| SchemaGuard {
-            url: db.url().to_owned(),
-            name: name.clone(),
-        })
-        .collect();
+    let _guards = [&mixed, &longest].map(|name| db.schema_guard(name));
 
     round_trip(&db, &mixed, WakeUp::Poll).await;
     // The longest name makes the longest channel name, which is shortened to a hash.
@@ -189,10 +147,7 @@ async fn names_differing_only_in_case_are_separate_outboxes() {
     let db = TestDatabase::new().await;
     let lower = format!("case_{}", outbox_testkit::unique_suffix());
     let upper = lower.to_uppercase();
-    let _guards = [&lower, &upper].map(|name| SchemaGuard {
-        url: db.url().to_owned(),
-        name: name.clone(),
-    });
+    let _guards = [&lower, &upper].map(|name| db.schema_guard(name));
 
     round_trip(&db, &upper, WakeUp::Listen).await;
     let client = db.connect().await;
