@@ -239,10 +239,26 @@ async fn a_standby_leader_takes_over_when_the_leader_is_killed() {
         _ = a.wait_for_line("became leader", START) => 'a',
         _ = b.wait_for_line("became leader", START) => 'b',
     };
-    let (_, health_a) = http_json(port_a, "GET", "/health", None).await;
-    let (_, health_b) = http_json(port_b, "GET", "/health", None).await;
-    assert_eq!(health_a["leading"], json!(leading == 'a'), "{health_a}");
-    assert_eq!(health_b["leading"], json!(leading == 'b'), "{health_b}");
+    // /health follows the relay's state a moment after the log line: poll, bounded.
+    let (leader_port, standby_port) = if leading == 'a' {
+        (port_a, port_b)
+    } else {
+        (port_b, port_a)
+    };
+    let deadline = tokio::time::Instant::now() + START;
+    loop {
+        let (_, health) = http_json(leader_port, "GET", "/health", None).await;
+        if health["leading"] == json!(true) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader's /health never said leading: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, health) = http_json(standby_port, "GET", "/health", None).await;
+    assert_eq!(health["leading"], json!(false), "{health}");
     let (leader, standby) = if leading == 'a' {
         (&mut a, &mut b)
     } else {
