@@ -38,22 +38,25 @@ impl Deleted {
     /// The open intervals `(after, before)` a claim must scan, in seq order, given the seqs
     /// the relay holds; `None` when there would be more than [`MAX_GAPS`].
     pub(crate) fn gaps(&self, held: &[i64]) -> Option<Gaps> {
-        let mut known: Vec<i64> = Vec::with_capacity(held.len() + self.seqs.len());
-        known.extend_from_slice(held);
-        // Deleted seqs below every held one only border dead index entries, which a scan
-        // skips cheaply; leaving them out keeps the runs few.
-        let floor = held.iter().copied().min().unwrap_or(i64::MIN);
-        known.extend(self.seqs.range(floor..).copied());
-        known.sort_unstable();
-        known.dedup();
+        // Only the held seqs need sorting: the deleted ones already are, and the two are
+        // merged as they are walked. Deleted seqs below every held one are left out: they only
+        // border index entries of deleted rows, which the store's vacuum removes.
+        let mut held = held.to_vec();
+        held.sort_unstable();
+        let floor = held.first().copied().unwrap_or(i64::MIN);
+        let mut known = Merged {
+            a: held.into_iter().peekable(),
+            b: self.seqs.range(floor..).copied().peekable(),
+            last: None,
+        }
+        .peekable();
         let mut gaps = Gaps::default();
         let mut after = i64::MIN;
-        let mut run = known.iter().copied().peekable();
-        while let Some(start) = run.next() {
+        while let Some(start) = known.next() {
             let mut end = start;
-            while run.peek() == Some(&(end + 1)) {
+            while known.peek() == Some(&(end + 1)) {
                 end += 1;
-                run.next();
+                known.next();
             }
             if gaps.after.len() == MAX_GAPS {
                 return None;
@@ -65,6 +68,32 @@ impl Deleted {
         gaps.after.push(after);
         gaps.before.push(i64::MAX);
         Some(gaps)
+    }
+}
+
+/// Two ascending sequences as one, ascending, without repeats.
+struct Merged<A: Iterator<Item = i64>, B: Iterator<Item = i64>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+    last: Option<i64>,
+}
+
+impl<A: Iterator<Item = i64>, B: Iterator<Item = i64>> Iterator for Merged<A, B> {
+    type Item = i64;
+
+    fn next(&mut self) -> Option<i64> {
+        loop {
+            let next = match (self.a.peek(), self.b.peek()) {
+                (Some(&x), Some(&y)) if x <= y => self.a.next(),
+                (Some(_), Some(_)) => self.b.next(),
+                (Some(_), None) => self.a.next(),
+                (None, _) => self.b.next(),
+            }?;
+            if self.last != Some(next) {
+                self.last = Some(next);
+                return Some(next);
+            }
+        }
     }
 }
 
@@ -131,6 +160,14 @@ mod tests {
             .map(|i| i * 2)
             .collect();
         assert_eq!(gaps(&[], &held).map(|g| g.len()), Some(MAX_GAPS + 1));
+    }
+
+    #[test]
+    fn held_seqs_in_any_order_and_repeated_merge_with_the_deleted_ones() {
+        assert_eq!(
+            gaps(&[3, 4, 9], &[8, 5, 5, 2, 10]),
+            Some(vec![(i64::MIN, 2), (5, 8), (10, i64::MAX)])
+        );
     }
 
     #[test]
