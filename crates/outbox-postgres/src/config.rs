@@ -314,8 +314,9 @@ pub fn validate_schema(schema: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// 64-bit FNV-1a of `prefix` then `name`, as a signed lock key.
-fn stable_hash(prefix: &str, name: &str) -> i64 {
+/// 64-bit FNV-1a of `prefix` then `name`, as a signed lock key: stable across builds and
+/// platforms, so instances of different versions serialize on the same key.
+pub(crate) fn stable_hash(prefix: &str, name: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in prefix.bytes().chain(name.bytes()) {
         hash ^= u64::from(byte);

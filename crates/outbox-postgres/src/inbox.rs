@@ -73,6 +73,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use self::sql::InboxSql;
+use crate::config::stable_hash;
 use crate::outbox::column;
 use crate::sql::{BEGIN, COMMIT, MIGRATION_LOCK, ROLLBACK};
 use crate::{Error, Executor, validate_schema};
@@ -409,17 +410,6 @@ impl PgInbox {
             }
         }
     }
-}
-
-/// 64-bit FNV-1a of `prefix` then `name`, as a signed lock key: stable across builds, so
-/// instances of different versions serialize on the same key.
-fn stable_hash(prefix: &str, name: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in prefix.bytes().chain(name.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 #[cfg(test)]
