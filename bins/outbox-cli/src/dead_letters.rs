@@ -1,10 +1,8 @@
 //! `outbox dead-letters list|replay|purge`.
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
 
 use anyhow::bail;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use outbox_postgres::dead_letter::{BulkProgress, DeadLetterFilter};
 use outbox_postgres::{DeadLetter, PgOutbox};
 use serde::Serialize;
@@ -258,7 +256,11 @@ async fn run(
     filter: &DeadLetterFilter,
     expected: u64,
 ) -> Result<BulkProgress, outbox_postgres::Error> {
-    let bar = progress_bar(bulk, expected);
+    let message = match bulk.kind {
+        BulkKind::Replay => "replaying",
+        BulkKind::Purge => "purging",
+    };
+    let bar = output::batch_progress(message, expected, bulk.batch_size);
     let on_batch = |p: &BulkProgress| {
         if bar.length().is_some_and(|len| p.matched > len) {
             bar.set_length(p.matched);
@@ -279,26 +281,6 @@ async fn run(
     };
     bar.finish_and_clear();
     result
-}
-
-/// A bar on stderr for operations of more than one batch; hidden when stderr is not a terminal.
-fn progress_bar(bulk: &Bulk, expected: u64) -> ProgressBar {
-    let many = expected > bulk.batch_size as u64;
-    if !many || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} ({elapsed} elapsed, {eta} left)",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(match bulk.kind {
-        BulkKind::Replay => "replaying",
-        BulkKind::Purge => "purging",
-    });
-    bar
 }
 
 fn question(bulk: &Bulk, selected: u64, filter: &DeadLetterFilter, settings: &Settings) -> String {

@@ -1,9 +1,10 @@
 //! What the commands print: aligned tables for people, one JSON document for scripts.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, SystemTime};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 /// Prints `value` as one pretty JSON document on stdout.
@@ -123,6 +124,27 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
         out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
     }
     out
+}
+
+/// A progress bar on stderr, `message` before it, for an operation of more than one batch of
+/// `batch_size`; hidden for a single batch or when stderr is not a terminal.
+pub(crate) fn batch_progress(
+    message: &'static str,
+    expected: u64,
+    batch_size: usize,
+) -> ProgressBar {
+    if expected <= batch_size as u64 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} ({elapsed} elapsed, {eta} left)",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(message);
+    bar
 }
 
 #[cfg(test)]

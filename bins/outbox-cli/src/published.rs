@@ -1,13 +1,10 @@
 //! `outbox purge-published`: deletes published messages kept past a given age.
 
-use std::io::IsTerminal as _;
-
 use anyhow::bail;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::{Purge, Settings};
-use crate::output::print_json;
+use crate::output::{self, print_json};
 use crate::{confirm, db};
 
 #[derive(Debug, Serialize)]
@@ -45,7 +42,7 @@ pub(crate) async fn purge(settings: &Settings, purge: &Purge) -> anyhow::Result<
                 bail!("aborted: nothing was changed");
             }
         }
-        let bar = progress_bar(matched, purge.batch_size);
+        let bar = output::batch_progress("purging", matched, purge.batch_size);
         let result = outbox
             .purge_published(&client, purge.older_than, purge.batch_size, |n| {
                 bar.set_position(n)
@@ -72,19 +69,4 @@ pub(crate) async fn purge(settings: &Settings, purge: &Purge) -> anyhow::Result<
         );
     }
     Ok(())
-}
-
-/// A bar on stderr for purges of more than one batch; hidden when stderr is not a terminal.
-fn progress_bar(expected: u64, batch_size: usize) -> ProgressBar {
-    if expected <= batch_size as u64 || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "purging [{bar:40.cyan/blue}] {human_pos}/{human_len} ({elapsed} elapsed, {eta} left)",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
 }
