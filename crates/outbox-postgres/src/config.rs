@@ -135,6 +135,21 @@ pub struct PgConfig {
     /// removes them, and autovacuum runs once a minute at most; `None` leaves it to autovacuum
     /// (for example when the relay's role does not own the table).
     pub vacuum_every: Option<u64>,
+    /// Enqueue with prepared statements where the connection keeps them. Default: `true`.
+    ///
+    /// When true, [`enqueue`](crate::PgOutbox::enqueue) and
+    /// [`enqueue_batch`](crate::PgOutbox::enqueue_batch) on a `deadpool-postgres` client or
+    /// transaction prepare their statements through that connection's statement cache: one Parse
+    /// round trip per connection, then only bind and execute, which spares the server parsing and
+    /// planning the insert on every call. Other executors always send the statement with its
+    /// parameter types (`query_typed`); [`PgOutbox::prepare`](crate::PgOutbox::prepare) gives a
+    /// `tokio-postgres` connection the same saving.
+    ///
+    /// Set it to false behind a pooler in transaction mode that does not carry prepared
+    /// statements between server connections (PgBouncer before 1.21, or with
+    /// `max_prepared_statements = 0`): there a statement prepared in one transaction may be
+    /// missing in the next.
+    pub prepare_enqueue: bool,
 }
 
 impl Default for PgConfig {
@@ -152,6 +167,7 @@ impl Default for PgConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             retention: None,
             vacuum_every: Some(50_000),
+            prepare_enqueue: true,
         }
     }
 }
@@ -403,6 +419,12 @@ impl PgConfigBuilder {
         self
     }
 
+    /// See [`PgConfig::prepare_enqueue`].
+    pub fn prepare_enqueue(mut self, prepare: bool) -> Self {
+        self.0.prepare_enqueue = prepare;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<PgConfig, Error> {
         self.0.validate()?;
@@ -431,6 +453,16 @@ mod tests {
         assert_eq!(c.keepalive.detection_time(), Duration::from_secs(11));
         assert_eq!(c.application_name, None);
         assert_eq!(c.max_payload, 1024 * 1024);
+        assert_eq!(c.retention, None);
+        assert_eq!(c.vacuum_every, Some(50_000));
+        assert!(c.prepare_enqueue);
+        assert!(
+            !PgConfig::builder()
+                .prepare_enqueue(false)
+                .build()
+                .unwrap()
+                .prepare_enqueue
+        );
         assert_eq!(c.session_name(), "outbox-relay outbox");
         assert_eq!(c.listener_name(), "outbox-listen outbox");
         assert_eq!(c.channel(), "outbox_outbox");

@@ -1,8 +1,8 @@
 //! [`Executor`]: the connections and transactions that `enqueue` and the admin functions accept.
 
 use futures::future::BoxFuture;
-use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Row, Statement};
 
 mod sealed {
     pub trait Sealed {}
@@ -12,9 +12,15 @@ mod sealed {
 /// `deadpool`, on by default) of `deadpool-postgres`.
 ///
 /// Pass your own transaction to [`PgOutbox::enqueue`](crate::PgOutbox::enqueue) so the message
-/// commits or rolls back with your business rows. Statements are sent with their parameter types
-/// (`query_typed`), in one round trip and without a named prepared statement, so they also work
-/// behind poolers that do not keep prepared statements.
+/// commits or rolls back with your business rows.
+///
+/// Most statements are sent with their parameter types (`query_typed`), in one round trip and
+/// without a named prepared statement, so they also work behind poolers that do not keep
+/// prepared statements. The enqueue is the exception where it pays: on a `deadpool-postgres`
+/// client or transaction, [`enqueue`](crate::PgOutbox::enqueue) and
+/// [`enqueue_batch`](crate::PgOutbox::enqueue_batch) use the connection's statement cache
+/// (unless [`PgConfig::prepare_enqueue`](crate::PgConfig::prepare_enqueue) is off), and an
+/// [`Enqueuer`](crate::Enqueuer) holds statements prepared on a `tokio-postgres` connection.
 ///
 /// The trait is sealed: the set of implementations is part of this crate's API.
 pub trait Executor: sealed::Sealed + Send + Sync {
@@ -31,6 +37,28 @@ pub trait Executor: sealed::Sealed + Send + Sync {
         statement: &'a str,
         params: &'a [(&'a (dyn ToSql + Sync), Type)],
     ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>>;
+
+    /// Prepares `statement` with parameter types `types`: from the connection's statement cache
+    /// where [`caches_statements`](Executor::caches_statements), else with a Parse round trip.
+    #[doc(hidden)]
+    fn prepare_typed<'a>(
+        &'a self,
+        statement: &'a str,
+        types: &'a [Type],
+    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>>;
+
+    /// Whether [`prepare_typed`](Executor::prepare_typed) keeps the statements of this
+    /// connection, so that preparing again costs no round trip.
+    #[doc(hidden)]
+    fn caches_statements(&self) -> bool;
+
+    /// Runs a statement prepared on this connection.
+    #[doc(hidden)]
+    fn query_prepared<'a>(
+        &'a self,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>>;
 }
 
 impl sealed::Sealed for tokio_postgres::Client {}
@@ -51,6 +79,28 @@ impl Executor for tokio_postgres::Client {
         Box::pin(tokio_postgres::Client::execute_typed(
             self, statement, params,
         ))
+    }
+
+    fn prepare_typed<'a>(
+        &'a self,
+        statement: &'a str,
+        types: &'a [Type],
+    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+        Box::pin(tokio_postgres::Client::prepare_typed(
+            self, statement, types,
+        ))
+    }
+
+    fn caches_statements(&self) -> bool {
+        false
+    }
+
+    fn query_prepared<'a>(
+        &'a self,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+        Box::pin(tokio_postgres::Client::query(self, statement, params))
     }
 }
 
@@ -75,6 +125,28 @@ impl Executor for tokio_postgres::Transaction<'_> {
             self, statement, params,
         ))
     }
+
+    fn prepare_typed<'a>(
+        &'a self,
+        statement: &'a str,
+        types: &'a [Type],
+    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+        Box::pin(tokio_postgres::Transaction::prepare_typed(
+            self, statement, types,
+        ))
+    }
+
+    fn caches_statements(&self) -> bool {
+        false
+    }
+
+    fn query_prepared<'a>(
+        &'a self,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+        Box::pin(tokio_postgres::Transaction::query(self, statement, params))
+    }
 }
 
 #[cfg(feature = "deadpool")]
@@ -98,6 +170,28 @@ impl Executor for deadpool_postgres::Object {
         let client: &tokio_postgres::Client = self;
         Executor::execute_typed(client, statement, params)
     }
+
+    fn prepare_typed<'a>(
+        &'a self,
+        statement: &'a str,
+        types: &'a [Type],
+    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+        let client: &deadpool_postgres::ClientWrapper = self;
+        Box::pin(client.prepare_typed_cached(statement, types))
+    }
+
+    fn caches_statements(&self) -> bool {
+        true
+    }
+
+    fn query_prepared<'a>(
+        &'a self,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+        let client: &tokio_postgres::Client = self;
+        Executor::query_prepared(client, statement, params)
+    }
 }
 
 #[cfg(feature = "deadpool")]
@@ -120,5 +214,28 @@ impl Executor for deadpool_postgres::Transaction<'_> {
     ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
         let transaction: &tokio_postgres::Transaction<'_> = self;
         Executor::execute_typed(transaction, statement, params)
+    }
+
+    fn prepare_typed<'a>(
+        &'a self,
+        statement: &'a str,
+        types: &'a [Type],
+    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+        Box::pin(deadpool_postgres::Transaction::prepare_typed_cached(
+            self, statement, types,
+        ))
+    }
+
+    fn caches_statements(&self) -> bool {
+        true
+    }
+
+    fn query_prepared<'a>(
+        &'a self,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+        let transaction: &tokio_postgres::Transaction<'_> = self;
+        Executor::query_prepared(transaction, statement, params)
     }
 }

@@ -13,6 +13,7 @@
 //! | [`connect`] | [`PgConnectOptions`]: a `DATABASE_URL` with libpq's `sslmode` (up to `verify-full`), root and client certificates, and passwords from the URL, `PGPASSWORD` or a password file |
 //! | [`outbox`] | [`PgOutbox`]: [`migrate`](PgOutbox::migrate), [`enqueue`](PgOutbox::enqueue), [`enqueue_batch`](PgOutbox::enqueue_batch) |
 //! | [`executor`] | [`Executor`]: the clients and transactions `enqueue` accepts |
+//! | [`enqueuer`] | [`Enqueuer`]: the enqueue statements prepared once on a `tokio-postgres` connection, by [`prepare`](PgOutbox::prepare) |
 //! | [`store`] | [`PgStore`]: claim, complete, fail, wait for work |
 //! | [`elector`] | [`PgElector`]: leadership as a session-level advisory lock |
 //! | [`dead_letter`] | [`DeadLetter`] and the list, replay and purge functions |
@@ -78,8 +79,11 @@
 //!   `LISTEN` connection included, then encrypt and verify as the URL says. [`PgStore::new`] with a
 //!   bare `tokio_postgres::Config` connects without TLS.
 //! - Point the store at PostgreSQL directly or through a pooler in session mode: a pooler in
-//!   transaction mode breaks session-level advisory locks. `enqueue` itself works through any
-//!   pooler (it uses no named prepared statements).
+//!   transaction mode breaks session-level advisory locks. `enqueue` on a `tokio-postgres`
+//!   connection works through any pooler (it uses no named prepared statements); on a
+//!   `deadpool-postgres` connection it uses the connection's prepared statements, so behind a
+//!   transaction-mode pooler that does not keep them, set [`PgConfig::prepare_enqueue`] to
+//!   false. An [`Enqueuer`] always uses prepared statements.
 //! - The leader's session is visible in `pg_stat_activity` as `outbox-relay <schema>`.
 #![deny(missing_docs)]
 
@@ -88,6 +92,7 @@ pub mod config;
 pub mod connect;
 pub mod dead_letter;
 pub mod elector;
+pub mod enqueuer;
 pub mod error;
 pub mod executor;
 pub mod inbox;
@@ -107,6 +112,7 @@ pub use connect::{
 };
 pub use dead_letter::{BulkProgress, DeadLetter, DeadLetterFilter};
 pub use elector::PgElector;
+pub use enqueuer::Enqueuer;
 pub use error::Error;
 pub use executor::Executor;
 pub use inbox::{Handled, InboxConfig, PgInbox, Processed};

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use outbox_core::{Headers, Message, Schedule};
-use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json, ToSql, Type};
+use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
 use crate::sql::{self, Sql};
@@ -184,6 +184,12 @@ impl PgOutbox {
     /// rolls back. One round trip. With [`WakeUp::Listen`], also sends one `pg_notify` in the
     /// same transaction (pipelined, no extra round trip).
     ///
+    /// On a `deadpool-postgres` client or transaction, with [`PgConfig::prepare_enqueue`] (the
+    /// default), the statement is prepared through the connection's statement cache: the first
+    /// enqueue of a connection takes one more round trip to prepare it, the following ones skip
+    /// parsing and planning. Other executors send the statement with its parameter types; see
+    /// [`PgOutbox::prepare`] for prepared statements on a `tokio-postgres` connection.
+    ///
     /// Fails with [`Error::InvalidMessage`], before anything is sent (so the transaction stays
     /// usable), for a message that [`Message::validate`] rejects or whose
     /// [`wire_size`](Message::wire_size) is over [`PgConfig::max_payload`].
@@ -192,23 +198,50 @@ impl PgOutbox {
         client: &C,
         message: &Message,
     ) -> Result<i64, Error> {
+        self.enqueue_with(client, message, self.plan(client)).await
+    }
+
+    /// Enqueues `messages` with one statement on `client`; returns their seqs, in the order of
+    /// `messages` (and increasing in that order).
+    ///
+    /// Same visibility rules, checks and use of prepared statements as
+    /// [`enqueue`](PgOutbox::enqueue); one invalid message fails the whole call before anything
+    /// is sent. An empty slice sends nothing.
+    pub async fn enqueue_batch<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        messages: &[Message],
+    ) -> Result<Vec<i64>, Error> {
+        self.enqueue_batch_with(client, messages, self.plan(client))
+            .await
+    }
+
+    /// How `enqueue` and `enqueue_batch` send their statement on `client`.
+    fn plan<C: Executor + ?Sized>(&self, client: &C) -> Plan<'static> {
+        if self.config().prepare_enqueue && client.caches_statements() {
+            Plan::Cached
+        } else {
+            Plan::Typed
+        }
+    }
+
+    /// [`enqueue`](PgOutbox::enqueue), with its statement sent as `plan` says.
+    pub(crate) async fn enqueue_with<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        message: &Message,
+        plan: Plan<'_>,
+    ) -> Result<i64, Error> {
         self.check(message)?;
-        let id = message.id();
-        let headers = Json(message.headers());
-        let created_at = message.created_at();
-        let (at, delay_us) = schedule(message);
-        let params: [(&(dyn ToSql + Sync), Type); 8] = [
-            (&id, Type::UUID),
-            (&message.subject(), Type::TEXT),
-            (&message.key(), Type::TEXT),
-            (&message.payload().as_ref(), Type::BYTEA),
-            (&headers, Type::JSONB),
-            (&created_at, Type::TIMESTAMPTZ),
-            (&at, Type::TIMESTAMPTZ),
-            (&delay_us, Type::INT8),
-        ];
+        let params = OneParams::new(message);
         let rows = self
-            .with_notify(client, client.query_typed(&self.sql().enqueue, &params))
+            .run(
+                client,
+                &self.sql().enqueue,
+                &ENQUEUE_TYPES,
+                &params.values(),
+                plan,
+            )
             .await
             .map_err(Error::query("enqueue"))?;
         match rows.as_slice() {
@@ -220,15 +253,12 @@ impl PgOutbox {
         }
     }
 
-    /// Enqueues `messages` with one statement on `client`; returns their seqs, in the order of
-    /// `messages` (and increasing in that order).
-    ///
-    /// Same visibility rules and checks as [`enqueue`](PgOutbox::enqueue); one invalid message
-    /// fails the whole call before anything is sent. An empty slice sends nothing.
-    pub async fn enqueue_batch<C: Executor + ?Sized>(
+    /// [`enqueue_batch`](PgOutbox::enqueue_batch), with its statement sent as `plan` says.
+    pub(crate) async fn enqueue_batch_with<C: Executor + ?Sized>(
         &self,
         client: &C,
         messages: &[Message],
+        plan: Plan<'_>,
     ) -> Result<Vec<i64>, Error> {
         if messages.is_empty() {
             return Ok(Vec::new());
@@ -236,32 +266,85 @@ impl PgOutbox {
         for message in messages {
             self.check(message)?;
         }
-        let ids: Vec<Uuid> = messages.iter().map(Message::id).collect();
-        let subjects: Vec<&str> = messages.iter().map(Message::subject).collect();
-        let keys: Vec<Option<&str>> = messages.iter().map(Message::key).collect();
-        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload().as_ref()).collect();
-        let headers: Vec<Json<&Headers>> = messages.iter().map(|m| Json(m.headers())).collect();
-        let created: Vec<SystemTime> = messages.iter().map(Message::created_at).collect();
-        let (at, delay_us): (Vec<Option<SystemTime>>, Vec<i64>) =
-            messages.iter().map(schedule).unzip();
-        let params: [(&(dyn ToSql + Sync), Type); 8] = [
-            (&ids, Type::UUID_ARRAY),
-            (&subjects, Type::TEXT_ARRAY),
-            (&keys, Type::TEXT_ARRAY),
-            (&payloads, Type::BYTEA_ARRAY),
-            (&headers, Type::JSONB_ARRAY),
-            (&created, Type::TIMESTAMPTZ_ARRAY),
-            (&at, Type::TIMESTAMPTZ_ARRAY),
-            (&delay_us, Type::INT8_ARRAY),
-        ];
+        let params = BatchParams::new(messages);
         let rows = self
-            .with_notify(
+            .run(
                 client,
-                client.query_typed(&self.sql().enqueue_batch, &params),
+                &self.sql().enqueue_batch,
+                &ENQUEUE_BATCH_TYPES,
+                &params.values(),
+                plan,
             )
             .await
             .map_err(Error::query("enqueue batch"))?;
-        seqs_in_order(&ids, &rows, "enqueue batch")
+        seqs_in_order(&params.ids, &rows, "enqueue batch")
+    }
+
+    /// Runs an enqueue statement (`sql`, whose parameters have `types`) with `values`, and its
+    /// `pg_notify` in Listen mode, the way `plan` says.
+    async fn run<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Type; PARAMS],
+        values: &[&(dyn ToSql + Sync); PARAMS],
+        plan: Plan<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match plan {
+            Plan::Typed => {
+                let typed: [(&(dyn ToSql + Sync), Type); PARAMS] =
+                    std::array::from_fn(|i| (values[i], types[i].clone()));
+                self.with_notify(client, client.query_typed(sql, &typed))
+                    .await
+            }
+            Plan::Cached => {
+                let (statement, notify) = self.prepare_with_notify(client, sql, types).await?;
+                self.run_prepared(client, &statement, notify.as_ref(), values)
+                    .await
+            }
+            Plan::Prepared { statement, notify } => {
+                self.run_prepared(client, statement, notify, values).await
+            }
+        }
+    }
+
+    /// Prepares `sql` (parameters of `types`) on `client` and, in Listen mode, the `pg_notify`
+    /// too, both in one round trip.
+    pub(crate) async fn prepare_with_notify<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<(Statement, Option<Statement>), tokio_postgres::Error> {
+        let statement = client.prepare_typed(sql, types);
+        match self.config().wake_up {
+            WakeUp::Poll => Ok((statement.await?, None)),
+            WakeUp::Listen => {
+                let notify = client.prepare_typed(sql::NOTIFY, &NOTIFY_TYPES);
+                let (statement, notify) = futures::try_join!(statement, notify)?;
+                Ok((statement, Some(notify)))
+            }
+        }
+    }
+
+    /// Runs a prepared enqueue `statement`, pipelined with the prepared `notify` if there is one.
+    async fn run_prepared<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        statement: &Statement,
+        notify: Option<&Statement>,
+        values: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let rows = client.query_prepared(statement, values);
+        match notify {
+            None => rows.await,
+            Some(notify) => {
+                let channel = self.channel();
+                let params: [&(dyn ToSql + Sync); 1] = [&channel];
+                let (rows, _) = futures::try_join!(rows, client.query_prepared(notify, &params))?;
+                Ok(rows)
+            }
+        }
     }
 
     /// Refuses, before anything is sent, a message that [`Message::validate`] rejects or that is
@@ -300,6 +383,136 @@ impl PgOutbox {
                 Ok(result)
             }
         }
+    }
+}
+
+/// How an enqueue sends its statement.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Plan<'s> {
+    /// With its parameter types, unnamed: parsed and planned on every call, but fit for any
+    /// pooler.
+    Typed,
+    /// Prepared through the connection's statement cache (deadpool-postgres).
+    Cached,
+    /// Prepared beforehand on this connection, with the `pg_notify` in Listen mode.
+    Prepared {
+        statement: &'s Statement,
+        notify: Option<&'s Statement>,
+    },
+}
+
+/// How many parameters the enqueue statements take.
+const PARAMS: usize = 8;
+
+/// The parameter types of `enqueue`, in the order of [`OneParams::values`].
+pub(crate) static ENQUEUE_TYPES: [Type; PARAMS] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+];
+
+/// The parameter types of `enqueue_batch`, in the order of [`BatchParams::values`].
+pub(crate) static ENQUEUE_BATCH_TYPES: [Type; PARAMS] = [
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::INT8_ARRAY,
+];
+
+/// The parameter type of [`sql::NOTIFY`]: the channel.
+static NOTIFY_TYPES: [Type; 1] = [Type::TEXT];
+
+/// The values `enqueue` binds for one message, owned here so that either way of sending the
+/// statement can borrow them.
+struct OneParams<'m> {
+    id: Uuid,
+    subject: &'m str,
+    key: Option<&'m str>,
+    payload: &'m [u8],
+    headers: Json<&'m Headers>,
+    created_at: SystemTime,
+    at: Option<SystemTime>,
+    delay_us: i64,
+}
+
+impl<'m> OneParams<'m> {
+    fn new(message: &'m Message) -> Self {
+        let (at, delay_us) = schedule(message);
+        Self {
+            id: message.id(),
+            subject: message.subject(),
+            key: message.key(),
+            payload: message.payload().as_ref(),
+            headers: Json(message.headers()),
+            created_at: message.created_at(),
+            at,
+            delay_us,
+        }
+    }
+
+    /// The parameters, of [`ENQUEUE_TYPES`].
+    fn values(&self) -> [&(dyn ToSql + Sync); PARAMS] {
+        [
+            &self.id,
+            &self.subject,
+            &self.key,
+            &self.payload,
+            &self.headers,
+            &self.created_at,
+            &self.at,
+            &self.delay_us,
+        ]
+    }
+}
+
+/// The values `enqueue_batch` binds: one array per column.
+struct BatchParams<'m> {
+    ids: Vec<Uuid>,
+    subjects: Vec<&'m str>,
+    keys: Vec<Option<&'m str>>,
+    payloads: Vec<&'m [u8]>,
+    headers: Vec<Json<&'m Headers>>,
+    created: Vec<SystemTime>,
+    at: Vec<Option<SystemTime>>,
+    delay_us: Vec<i64>,
+}
+
+impl<'m> BatchParams<'m> {
+    fn new(messages: &'m [Message]) -> Self {
+        let (at, delay_us) = messages.iter().map(schedule).unzip();
+        Self {
+            ids: messages.iter().map(Message::id).collect(),
+            subjects: messages.iter().map(Message::subject).collect(),
+            keys: messages.iter().map(Message::key).collect(),
+            payloads: messages.iter().map(|m| m.payload().as_ref()).collect(),
+            headers: messages.iter().map(|m| Json(m.headers())).collect(),
+            created: messages.iter().map(Message::created_at).collect(),
+            at,
+            delay_us,
+        }
+    }
+
+    /// The parameters, of [`ENQUEUE_BATCH_TYPES`].
+    fn values(&self) -> [&(dyn ToSql + Sync); PARAMS] {
+        [
+            &self.ids,
+            &self.subjects,
+            &self.keys,
+            &self.payloads,
+            &self.headers,
+            &self.created,
+            &self.at,
+            &self.delay_us,
+        ]
     }
 }
 

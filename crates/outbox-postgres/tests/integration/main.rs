@@ -5,6 +5,7 @@ mod common;
 mod dead_letters;
 mod elector;
 mod enqueue;
+mod enqueuer;
 mod identifiers;
 mod inbox;
 mod migrations;
