@@ -6,61 +6,120 @@
 //! set: it also knows which seqs it deleted itself, and identity values are never reused. Every
 //! seq in a run of consecutive held-or-deleted seqs can be skipped with an index range bound
 //! instead, so the claim scans only the gaps between such runs: rows skipped earlier (a waiting
-//! key, a message not yet due), rows of transactions that committed late, and everything after
-//! the last run. Leaving a seq out of the runs is always safe (it is then checked row by row),
-//! so the memory of deleted seqs is simply bounded.
+//! key, a message not yet due), seqs of transactions that rolled back or committed late, and
+//! everything after the last run. Deleted rows leave index entries behind until a vacuum; a scan
+//! that walks them pays a heap visit for each one not yet marked dead, so skipping every deleted
+//! seq, not only those above the held ones, is what keeps a claim's cost independent of how much
+//! was published since the last vacuum. Leaving a seq out of the runs is always safe (it is then
+//! checked row by row), so the memory of deleted seqs is simply bounded.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// More gaps than this and the claim filters held rows one by one instead: each gap costs an
 /// index descent, and a scattered held set is rare (it takes many rolled-back enqueues).
 pub(crate) const MAX_GAPS: usize = 16;
 
-/// Deleted seqs remembered, newest first kept; older ones only cost a filtered row if they ever
-/// matter again.
-const REMEMBERED: usize = 16_384;
+/// Runs of deleted seqs remembered; the lowest are forgotten first. Acknowledgements arrive out
+/// of order, so the deleted seqs are broken into runs by the held ones between them (up to the
+/// ack window) and by seqs that were skipped (rolled back, waiting, not yet committed): this
+/// must stay well above the largest ack window, or the runs that border held seqs are
+/// forgotten and the claim falls back to filtering. About 50 bytes each.
+const REMEMBERED_RUNS: usize = 16_384;
 
-/// Seqs this store deleted from the outbox (completed or dead-lettered).
+/// Seqs this store deleted from the outbox (completed), as runs of consecutive seqs.
 #[derive(Debug, Default)]
 pub(crate) struct Deleted {
-    seqs: BTreeSet<i64>,
+    /// First seq of a run → last seq of it; runs are disjoint and never adjacent.
+    runs: BTreeMap<i64, i64>,
 }
 
 impl Deleted {
     /// Remembers `seqs` as gone for good.
     pub(crate) fn extend(&mut self, seqs: &[i64]) {
-        self.seqs.extend(seqs.iter().copied());
-        while self.seqs.len() > REMEMBERED {
-            self.seqs.pop_first();
+        for &seq in seqs {
+            self.insert(seq);
+        }
+        while self.runs.len() > REMEMBERED_RUNS {
+            self.runs.pop_first();
+        }
+    }
+
+    fn insert(&mut self, seq: i64) {
+        let below = self.runs.range(..=seq).next_back().map(|(&s, &e)| (s, e));
+        if let Some((_, end)) = below
+            && seq <= end
+        {
+            return;
+        }
+        let joins_below = below.filter(|&(_, end)| end.checked_add(1) == Some(seq));
+        let above = seq
+            .checked_add(1)
+            .and_then(|next| self.runs.get(&next).map(|&end| (next, end)));
+        match (joins_below, above) {
+            (Some((start, _)), Some((next, end))) => {
+                self.runs.remove(&next);
+                self.runs.insert(start, end);
+            }
+            (Some((start, _)), None) => {
+                self.runs.insert(start, seq);
+            }
+            (None, Some((next, end))) => {
+                self.runs.remove(&next);
+                self.runs.insert(seq, end);
+            }
+            (None, None) => {
+                self.runs.insert(seq, seq);
+            }
         }
     }
 
     /// The open intervals `(after, before)` a claim must scan, in seq order, given the seqs
     /// the relay holds; `None` when there would be more than [`MAX_GAPS`].
     pub(crate) fn gaps(&self, held: &[i64]) -> Option<Gaps> {
-        // Only the held seqs need sorting: the deleted ones already are, and the two are
-        // merged as they are walked. Deleted seqs below every held one are left out: they only
-        // border index entries of deleted rows, which the store's vacuum removes.
         let mut held = held.to_vec();
         held.sort_unstable();
-        let floor = held.first().copied().unwrap_or(i64::MIN);
-        let mut known = Merged {
-            a: held.into_iter().peekable(),
-            b: self.seqs.range(floor..).copied().peekable(),
-            last: None,
+        held.dedup();
+        // Held seqs and deleted runs merged into runs of known seqs, ascending; each notes
+        // whether it holds a held seq.
+        let mut known: Vec<(i64, i64, bool)> = Vec::new();
+        let mut push = |start: i64, end: i64, is_held: bool| match known.last_mut() {
+            Some(last) if last.1.checked_add(1).is_some_and(|next| start <= next) => {
+                last.1 = last.1.max(end);
+                last.2 |= is_held;
+            }
+            _ => known.push((start, end, is_held)),
+        };
+        let mut runs = self.runs.iter().map(|(&s, &e)| (s, e)).peekable();
+        let mut seqs = held.iter().copied().peekable();
+        loop {
+            match (runs.peek().copied(), seqs.peek().copied()) {
+                (Some((start, end)), Some(seq)) if start <= seq => {
+                    runs.next();
+                    push(start, end, false);
+                }
+                (_, Some(seq)) => {
+                    seqs.next();
+                    push(seq, seq, true);
+                }
+                (Some((start, end)), None) => {
+                    runs.next();
+                    push(start, end, false);
+                }
+                (None, None) => break,
+            }
         }
-        .peekable();
+        // Too many runs: the lowest runs of deleted seqs only may go (their seqs are then
+        // scanned); a run with a held seq may not, or the claim would return it again.
+        let mut first = 0;
+        while known.len() - first > MAX_GAPS && !known[first].2 {
+            first += 1;
+        }
+        if known.len() - first > MAX_GAPS {
+            return None;
+        }
         let mut gaps = Gaps::default();
         let mut after = i64::MIN;
-        while let Some(start) = known.next() {
-            let mut end = start;
-            while known.peek() == Some(&(end + 1)) {
-                end += 1;
-                known.next();
-            }
-            if gaps.after.len() == MAX_GAPS {
-                return None;
-            }
+        for &(start, end, _) in &known[first..] {
             gaps.after.push(after);
             gaps.before.push(start);
             after = end;
@@ -68,32 +127,6 @@ impl Deleted {
         gaps.after.push(after);
         gaps.before.push(i64::MAX);
         Some(gaps)
-    }
-}
-
-/// Two ascending sequences as one, ascending, without repeats.
-struct Merged<A: Iterator<Item = i64>, B: Iterator<Item = i64>> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
-    last: Option<i64>,
-}
-
-impl<A: Iterator<Item = i64>, B: Iterator<Item = i64>> Iterator for Merged<A, B> {
-    type Item = i64;
-
-    fn next(&mut self) -> Option<i64> {
-        loop {
-            let next = match (self.a.peek(), self.b.peek()) {
-                (Some(&x), Some(&y)) if x <= y => self.a.next(),
-                (Some(_), Some(_)) => self.b.next(),
-                (Some(_), None) => self.a.next(),
-                (None, _) => self.b.next(),
-            }?;
-            if self.last != Some(next) {
-                self.last = Some(next);
-                return Some(next);
-            }
-        }
     }
 }
 
@@ -125,7 +158,7 @@ mod tests {
         // 1..=4 deleted, 5..=8 held except 6, deleted meanwhile.
         assert_eq!(
             gaps(&[1, 2, 3, 4, 6], &[5, 7, 8]),
-            Some(vec![(i64::MIN, 5), (8, i64::MAX)])
+            Some(vec![(i64::MIN, 1), (8, i64::MAX)])
         );
     }
 
@@ -134,11 +167,11 @@ mod tests {
         // 3 was skipped (waiting key, or committed late): it is scanned.
         assert_eq!(
             gaps(&[1, 2], &[4, 5]),
-            Some(vec![(i64::MIN, 4), (5, i64::MAX)])
+            Some(vec![(i64::MIN, 1), (2, 4), (5, i64::MAX)])
         );
         assert_eq!(
             gaps(&[4, 1], &[2, 5]),
-            Some(vec![(i64::MIN, 2), (2, 4), (5, i64::MAX)])
+            Some(vec![(i64::MIN, 1), (2, 4), (5, i64::MAX)])
         );
     }
 
@@ -171,11 +204,46 @@ mod tests {
     }
 
     #[test]
+    fn deleted_seqs_below_the_held_ones_are_skipped_too() {
+        // Everything published so far is one run: the scan starts at the first deleted seq,
+        // past the index entries the deletes left behind.
+        let deleted: Vec<i64> = (1..=100_000).collect();
+        let held: Vec<i64> = (100_001..=101_024).collect();
+        assert_eq!(
+            gaps(&deleted, &held),
+            Some(vec![(i64::MIN, 1), (101_024, i64::MAX)])
+        );
+    }
+
+    #[test]
+    fn too_many_gaps_forget_the_lowest_deleted_runs_first() {
+        // 20 runs of deleted seqs with holes between them, then one held seq.
+        let deleted: Vec<i64> = (0..20).map(|i| i * 10).collect();
+        let got = gaps(&deleted, &[1_000]).unwrap();
+        assert_eq!(got.len(), MAX_GAPS + 1);
+        assert_eq!(got.first(), Some(&(i64::MIN, 50)));
+        assert_eq!(got.last(), Some(&(1_000, i64::MAX)));
+        // A run holding a held seq is never forgotten: that seq would be claimed again.
+        let held: Vec<i64> = (0..20).map(|i| i * 10 + 5).collect();
+        assert_eq!(gaps(&deleted, &held), None);
+    }
+
+    #[test]
+    fn runs_merge_whatever_the_order() {
+        let mut d = Deleted::default();
+        d.extend(&[5, 3, 4, 1, 9, 2, 8, 7, 6, 4]);
+        assert_eq!(d.runs.into_iter().collect::<Vec<_>>(), vec![(1, 9)]);
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let mut d = Deleted::default();
-        let many: Vec<i64> = (0..40_000).collect();
-        d.extend(&many);
-        assert_eq!(d.seqs.len(), REMEMBERED);
-        assert_eq!(d.seqs.first(), Some(&(40_000 - 16_384)));
+        let contiguous: Vec<i64> = (0..40_000).collect();
+        d.extend(&contiguous);
+        assert_eq!(d.runs.len(), 1);
+        let scattered: Vec<i64> = (0..20_000).map(|i| 100_000 + i * 2).collect();
+        d.extend(&scattered);
+        assert_eq!(d.runs.len(), REMEMBERED_RUNS);
+        assert_eq!(d.runs.last_key_value(), Some((&139_998, &139_998)));
     }
 }

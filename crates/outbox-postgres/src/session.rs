@@ -83,9 +83,9 @@ impl Session {
         let interval = keepalive.interval.as_secs().to_string();
         let count = keepalive.count.to_string();
         client
-            .query(sql::SESSION_KEEPALIVES, &[&idle, &interval, &count])
+            .query(sql::SESSION_SETTINGS, &[&idle, &interval, &count])
             .await
-            .map_err(Error::query("set session keepalives"))?;
+            .map_err(Error::query("apply session settings"))?;
         let sql = outbox.sql();
         let (claim, claim_gaps, complete, fail, try_lock, holds_lock) = futures::try_join!(
             client.prepare(&sql.claim),
