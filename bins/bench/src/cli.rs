@@ -135,7 +135,7 @@ pub(crate) struct RunArgs {
     /// Where JSON lines are appended.
     #[arg(long, default_value = "target/bench/results.jsonl")]
     pub(crate) out: PathBuf,
-    /// Runs of drain and raw; their figure is the median.
+    /// Runs of drain and raw, and rounds of the produce scenario's modes; figures are medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub(crate) repeat: u32,
     /// Producer rates of the latency scenario, messages/s.

@@ -32,6 +32,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "published",
         sql: include_str!("../migrations/0003_published.sql"),
     },
+    Migration {
+        version: 4,
+        name: "delayed",
+        sql: include_str!("../migrations/0004_delayed.sql"),
+    },
 ];
 
 pub(crate) const BEGIN: &str = "BEGIN";
@@ -56,18 +61,22 @@ const RECORD_MIGRATION: &str =
     "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)";
 
 // `available_at`: the scheduled time if any ($7), else now() plus the delay in microseconds ($8,
-// zero when not scheduled): "due" is always decided on the database's clock.
+// zero when not scheduled): "due" is always decided on the database's clock. Only a scheduled
+// message is `delayed` (and indexed by due time); any other is due at once.
 const ENQUEUE: &str = "\
-INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at)
-VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now() + $8 * interval '1 microsecond'))
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at, delayed)
+VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now() + $8 * interval '1 microsecond'),
+        $7 IS NOT NULL OR $8 > 0)
 RETURNING seq";
 
 // Rows are inserted in input order (ORDER BY ord), so their identity values increase with it;
 // the caller still maps seqs back by id rather than trusting the order of RETURNING.
 const ENQUEUE_BATCH: &str = "\
-INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at)
+INSERT INTO {schema}.messages
+    (id, subject, key, payload, headers, created_at, available_at, delayed)
 SELECT id, subject, key, payload, headers, created_at,
-       coalesce(at, now() + delay_us * interval '1 microsecond')
+       coalesce(at, now() + delay_us * interval '1 microsecond'),
+       at IS NOT NULL OR delay_us > 0
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[],
             $7::timestamptz[], $8::bigint[])
      WITH ORDINALITY AS m (id, subject, key, payload, headers, created_at, at, delay_us, ord)
@@ -124,20 +133,20 @@ SELECT EXISTS (
 // Walks the primary key in seq order. `NOT IN (SELECT unnest(..))` becomes a hashed subplan
 // whatever the plan, so a long exclude list costs one hash probe per row (`<> ALL($1)` is only
 // hashed in custom plans). `waiting` holds, per key, the first message that is not yet due
-// (waiting for a retry or scheduled later): found once per statement through
-// messages_available_at_idx, and usually empty. A keyed row goes out only if its key has no
+// (waiting for a retry or scheduled later): found once per statement through the partial index
+// of delayed messages, and usually empty. A message that is not `delayed` is always due. A keyed row goes out only if its key has no
 // waiting message before it; the hashed `NOT IN` settles that for almost every row, and only rows
 // of a waiting key pay for the exact check.
 const CLAIM: &str = "\
 WITH waiting AS MATERIALIZED (
     SELECT key, min(seq) AS seq
     FROM {schema}.messages
-    WHERE available_at > now() AND key IS NOT NULL
+    WHERE delayed AND available_at > now() AND key IS NOT NULL
     GROUP BY key
 )
 SELECT m.seq, m.attempts, m.id, m.subject, m.key, m.payload, m.headers, m.created_at
 FROM {schema}.messages m
-WHERE m.available_at <= now()
+WHERE (NOT m.delayed OR m.available_at <= now())
   AND m.seq NOT IN (SELECT unnest($1::bigint[]))
   AND (m.key IS NULL
        OR m.key NOT IN (SELECT key FROM waiting)
@@ -152,7 +161,7 @@ const CLAIM_GAPS: &str = "\
 WITH waiting AS MATERIALIZED (
     SELECT key, min(seq) AS seq
     FROM {schema}.messages
-    WHERE available_at > now() AND key IS NOT NULL
+    WHERE delayed AND available_at > now() AND key IS NOT NULL
     GROUP BY key
 )
 SELECT c.*
@@ -161,7 +170,7 @@ CROSS JOIN LATERAL (
     SELECT m.seq, m.attempts, m.id, m.subject, m.key, m.payload, m.headers, m.created_at
     FROM {schema}.messages m
     WHERE m.seq > g.after_seq AND m.seq < g.before_seq
-      AND m.available_at <= now()
+      AND (NOT m.delayed OR m.available_at <= now())
       AND (m.key IS NULL
            OR m.key NOT IN (SELECT key FROM waiting)
            OR NOT EXISTS (SELECT 1 FROM waiting w WHERE w.key = m.key AND w.seq < m.seq))
@@ -175,7 +184,7 @@ LIMIT $3";
 /// oldest due message has been due, 0 when none is. One definition, so the relay's backlog metric
 /// and the status report agree.
 const LAG_SECONDS: &str = "coalesce(extract(epoch FROM now() - min(available_at) \
-                           FILTER (WHERE available_at <= now())), 0)::float8";
+                           FILTER (WHERE NOT delayed OR available_at <= now())), 0)::float8";
 
 // One scan for both figures; sampled every few seconds by a leading relay.
 const BACKLOG: &str = "\
@@ -189,7 +198,7 @@ FROM {schema}.messages";
 const STATUS: &str = "\
 SELECT (SELECT max(version) FROM {schema}.schema_migrations) AS schema_version,
        count(*) AS pending,
-       count(*) FILTER (WHERE available_at <= now()) AS due,
+       count(*) FILTER (WHERE NOT delayed OR available_at <= now()) AS due,
        count(*) FILTER (WHERE attempts > 0) AS retrying,
        coalesce(greatest(extract(epoch FROM now() - min(created_at)), 0), 0)::float8
            AS oldest_pending_age_seconds,
@@ -265,6 +274,7 @@ WITH f AS (
     UPDATE {schema}.messages m
     SET attempts = m.attempts + 1,
         available_at = now() + f.delay_us * interval '1 microsecond',
+        delayed = true,
         last_error = f.error
     FROM f
     WHERE m.seq = f.seq AND f.delay_us IS NOT NULL

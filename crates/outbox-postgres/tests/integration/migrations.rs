@@ -35,6 +35,58 @@ async fn migrating_twice_applies_once() {
     assert_eq!(versions, all_versions());
 }
 
+/// Messages enqueued under version 3 keep their schedule after the upgrade to version 4: those
+/// not yet due become `delayed` (and are indexed), the others are due.
+#[tokio::test]
+async fn upgrading_to_delayed_keeps_pending_schedules() {
+    let db = TestDatabase::new().await;
+    let schema = db.schema();
+    let outbox = PgOutbox::new(PgConfig::builder().schema(schema).build().unwrap()).unwrap();
+    let client = db.connect().await;
+    outbox.migrate(&client).await.unwrap();
+    // Back to version 3, with one message due and one scheduled an hour ahead.
+    client
+        .batch_execute(&format!(
+            r#"DROP INDEX "{schema}".messages_delayed_available_at_idx;
+               ALTER TABLE "{schema}".messages DROP COLUMN delayed;
+               CREATE INDEX messages_available_at_idx ON "{schema}".messages (available_at);
+               DELETE FROM "{schema}".schema_migrations WHERE version = 4;
+               INSERT INTO "{schema}".messages (id, subject, key, payload, available_at)
+               VALUES (gen_random_uuid(), 'a', 'k', '', now()),
+                      (gen_random_uuid(), 'b', 'k', '', now() + interval '1 hour');"#
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outbox.migrate(&client).await.unwrap(), vec![4]);
+    let rows = client
+        .query(
+            &format!(r#"SELECT subject, delayed FROM "{schema}".messages ORDER BY seq"#),
+            &[],
+        )
+        .await
+        .unwrap();
+    let flags: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(flags, [("a".to_owned(), false), ("b".to_owned(), true)]);
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'messages' ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "messages_delayed_available_at_idx",
+            "messages_id_key",
+            "messages_pkey"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_of_one_schema_are_safe() {
     let db = TestDatabase::new().await;
