@@ -1,12 +1,17 @@
 //! [`Enqueuer`]: the enqueue statements prepared once on a connection.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use outbox_core::Message;
 use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 
 use crate::outbox::{ENQUEUE_BATCH_TYPES, ENQUEUE_TYPES, Plan};
 use crate::{Error, Executor, PgOutbox};
+
+/// How many joined statements an [`Enqueuer`] keeps.
+const JOINED_STATEMENTS: usize = 64;
 
 /// [`PgOutbox::enqueue`] and [`PgOutbox::enqueue_batch`] with their statements prepared once on
 /// one connection: each call then only binds and executes, instead of having PostgreSQL parse
@@ -65,6 +70,8 @@ struct Inner {
     enqueue_batch: Statement,
     /// The `pg_notify` of [`WakeUp::Listen`](crate::WakeUp::Listen); `None` in Poll mode.
     notify: Option<Statement>,
+    /// The joined statements of [`Enqueuer::execute_and_enqueue`], by the caller's statement.
+    joined: Mutex<HashMap<String, Statement>>,
 }
 
 impl Enqueuer {
@@ -101,6 +108,55 @@ impl Enqueuer {
             .await
     }
 
+    /// [`PgOutbox::execute_and_enqueue`] on this connection: your `statement` (with a
+    /// `RETURNING` clause) and the enqueue of `message` in one SQL statement, prepared on the
+    /// first call with each `statement` and kept for the next ones.
+    pub async fn execute_and_enqueue<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+        message: &Message,
+    ) -> Result<Option<i64>, Error> {
+        let inner = &*self.inner;
+        let known = self.joined().get(statement).cloned();
+        let prepared = match known {
+            Some(prepared) => prepared,
+            None => {
+                inner.outbox.check(message)?;
+                let sql = inner
+                    .outbox
+                    .sql()
+                    .write_and_enqueue(statement, params.len());
+                let prepared = client
+                    .prepare_typed(&sql, &[])
+                    .await
+                    .map_err(Error::query("prepare write and enqueue"))?;
+                let mut joined = self.joined();
+                // Texts are meant to be fixed, values travel as parameters; a caller that
+                // builds texts anyway must not grow the cache without bound.
+                if joined.len() >= JOINED_STATEMENTS {
+                    joined.clear();
+                }
+                joined.insert(statement.to_owned(), prepared.clone());
+                prepared
+            }
+        };
+        inner
+            .outbox
+            .write_and_enqueue_with(client, &prepared, params, message)
+            .await
+    }
+
+    fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        // A cache of prepared statements: consistent after every insert, so keep using it
+        // after a panic elsewhere.
+        self.inner
+            .joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The outbox these statements enqueue into.
     pub fn outbox(&self) -> &PgOutbox {
         &self.inner.outbox
@@ -127,6 +183,7 @@ impl PgOutbox {
                 enqueue,
                 enqueue_batch,
                 notify,
+                joined: Mutex::default(),
             }),
         })
     }

@@ -347,10 +347,100 @@ impl PgOutbox {
         }
     }
 
+    /// Runs your `statement` and enqueues `message`, as **one** SQL statement on `client`; the
+    /// message is enqueued only if `statement` returned at least one row. Returns its seq, or
+    /// `None` when `statement` changed nothing and nothing was enqueued.
+    ///
+    /// `statement` is an `INSERT`, `UPDATE` or `DELETE` **with a `RETURNING` clause** (any
+    /// columns, `RETURNING 1` will do), whose parameters are `params` (`$1`, `$2`, ...). It runs
+    /// as a data-modifying `WITH` query of the enqueue, so it and the message commit or roll back
+    /// together, like an [`enqueue`](PgOutbox::enqueue) next to it in the same transaction
+    /// would. What it buys: the enqueue costs no statement of its own, which is most of what an
+    /// enqueue costs a short transaction (measured with 16 producers on 2 cores: single-insert
+    /// transactions kept about 0.89 of their rate with the enqueue in the same statement, about
+    /// 0.78 with a separate, pipelined, prepared enqueue). It also makes "publish only if the
+    /// update matched" one statement: `UPDATE ... WHERE version = $2 RETURNING 1`.
+    ///
+    /// The joined statement is always a prepared one (the types of your parameters come from
+    /// PostgreSQL), so behind a pooler it needs the pooler's support for prepared statements,
+    /// whatever [`PgConfig::prepare_enqueue`] says. On a `deadpool-postgres` client or
+    /// transaction it is prepared once per connection, through its statement cache; on a
+    /// `tokio-postgres` one it is prepared for each call, one more round trip, unless you call
+    /// this through an [`Enqueuer`](crate::Enqueuer), which keeps it. Same checks as
+    /// [`enqueue`](PgOutbox::enqueue), before anything is sent; a `statement` without
+    /// `RETURNING` fails with PostgreSQL's error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use outbox_core::Message;
+    /// use outbox_postgres::{PgConfig, PgOutbox};
+    ///
+    /// let outbox = PgOutbox::new(PgConfig::default())?;
+    /// let tx = client.transaction().await?;
+    /// let event = Message::builder("orders.created").key("customer-7").payload("{}").build()?;
+    /// let seq = outbox
+    ///     .execute_and_enqueue(
+    ///         &tx,
+    ///         "INSERT INTO orders (customer, total) VALUES ($1, $2) RETURNING id",
+    ///         &[&"customer-7", &1999_i64],
+    ///         &event,
+    ///     )
+    ///     .await?;
+    /// tx.commit().await?;
+    /// assert!(seq.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_and_enqueue<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+        message: &Message,
+    ) -> Result<Option<i64>, Error> {
+        self.check(message)?;
+        let sql = self.sql().write_and_enqueue(statement, params.len());
+        let prepared = client
+            .prepare_typed(&sql, &[])
+            .await
+            .map_err(Error::query("prepare write and enqueue"))?;
+        self.write_and_enqueue_with(client, &prepared, params, message)
+            .await
+    }
+
+    /// [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) with its joined statement already
+    /// prepared on `client`.
+    pub(crate) async fn write_and_enqueue_with<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        prepared: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+        message: &Message,
+    ) -> Result<Option<i64>, Error> {
+        self.check(message)?;
+        let ours = OneParams::new(message);
+        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + PARAMS);
+        values.extend_from_slice(params);
+        values.extend_from_slice(&ours.values());
+        let rows = self
+            .with_notify(client, client.query_prepared(prepared, &values))
+            .await
+            .map_err(Error::query("write and enqueue"))?;
+        match rows.as_slice() {
+            [] => Ok(None),
+            [row] => column(row, "seq", "write and enqueue").map(Some),
+            _ => Err(Error::Protocol(format!(
+                "write and enqueue returned {} rows instead of 1",
+                rows.len()
+            ))),
+        }
+    }
+
     /// Refuses, before anything is sent, a message that [`Message::validate`] rejects or that is
     /// over [`PgConfig::max_payload`]: the broker would refuse it too, but only after commit,
     /// as a dead letter.
-    fn check(&self, message: &Message) -> Result<(), Error> {
+    pub(crate) fn check(&self, message: &Message) -> Result<(), Error> {
         let invalid =
             |reason: String| Error::InvalidMessage(format!("message {}: {reason}", message.id()));
         message.validate().map_err(|error| match error {

@@ -83,6 +83,22 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::ti
 ORDER BY ord
 RETURNING id, seq";
 
+// The caller's data-modifying statement (with its RETURNING clause) and the enqueue of one
+// message, as one statement: the message is inserted only if the caller's statement returned a
+// row. `{statement}` is the caller's text, spliced in last; `{pN}` are the placeholders of the
+// message's parameters, numbered after the caller's. Casts give every parameter its type, so the
+// statement can be prepared without naming any.
+const WRITE_AND_ENQUEUE: &str = "\
+WITH business AS (
+{statement}
+)
+INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at, available_at, delayed)
+SELECT {p1}::uuid, {p2}::text, {p3}::text, {p4}::bytea, {p5}::jsonb, {p6}::timestamptz,
+       coalesce({p7}::timestamptz, now() + {p8}::bigint * interval '1 microsecond'),
+       {p7}::timestamptz IS NOT NULL OR {p8}::bigint > 0
+WHERE EXISTS (SELECT FROM business)
+RETURNING seq";
+
 /// Sent in the enqueuing transaction, so it is delivered at commit and never for a rollback.
 /// PostgreSQL folds identical notifications of one transaction into one.
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
@@ -385,6 +401,8 @@ pub(crate) struct Sql {
     pub(crate) record_migration: String,
     pub(crate) enqueue: String,
     pub(crate) enqueue_batch: String,
+    /// [`WRITE_AND_ENQUEUE`] with the schema filled in; see [`Sql::write_and_enqueue`].
+    write_and_enqueue: String,
     pub(crate) listen: String,
     pub(crate) claim: String,
     pub(crate) claim_gaps: String,
@@ -411,6 +429,17 @@ pub(crate) struct Sql {
 
 impl Sql {
     /// Renders every statement for `schema` (already validated) and notification `channel`.
+    /// The caller's `statement`, which takes `params` parameters, joined with the enqueue of one
+    /// message (parameters `params + 1` to `params + 8`). A trailing `;` is dropped.
+    pub(crate) fn write_and_enqueue(&self, statement: &str, params: usize) -> String {
+        let mut sql = self.write_and_enqueue.clone();
+        for i in 1..=8 {
+            sql = sql.replace(&format!("{{p{i}}}"), &format!("${}", params + i));
+        }
+        let statement = statement.trim_end().trim_end_matches(';');
+        sql.replace("{statement}", statement)
+    }
+
     pub(crate) fn render(schema: &str, channel: &str, retaining: bool) -> Sql {
         let schema = quote_ident(schema);
         let r = |template: &str| {
@@ -425,6 +454,7 @@ impl Sql {
             record_migration: r(RECORD_MIGRATION),
             enqueue: r(ENQUEUE),
             enqueue_batch: r(ENQUEUE_BATCH),
+            write_and_enqueue: r(WRITE_AND_ENQUEUE),
             listen: LISTEN.replace("{channel}", &quote_ident(channel)),
             claim: r(CLAIM),
             claim_gaps: r(CLAIM_GAPS),

@@ -1,6 +1,7 @@
 //! `produce`: concurrent producers commit single-order transactions as fast as they can — a
 //! business row alone, then with the outbox enqueue, then with the enqueue and a NOTIFY
-//! (`WakeUp::Listen`), then with the enqueue while the relay drains concurrently.
+//! (`WakeUp::Listen`), then with the enqueue while the relay drains concurrently, then with the
+//! insert and the enqueue as one statement (`execute_and_enqueue`).
 //!
 //! Each producer owns a disjoint set of keys, so its commit order is each key's order; after the
 //! timed part the relay drains what was enqueued and the stream is checked.
@@ -28,28 +29,40 @@ struct Mode {
     enqueue: Option<WakeUp>,
     /// The relay runs while producers commit.
     relaying: bool,
+    /// The business insert and the enqueue as one statement (`execute_and_enqueue`).
+    joined: bool,
 }
 
-const MODES: [Mode; 4] = [
+const MODES: [Mode; 5] = [
     Mode {
         name: "plain",
         enqueue: None,
         relaying: false,
+        joined: false,
     },
     Mode {
         name: "outbox",
         enqueue: Some(WakeUp::Poll),
         relaying: false,
+        joined: false,
     },
     Mode {
         name: "outbox_notify",
         enqueue: Some(WakeUp::Listen),
         relaying: false,
+        joined: false,
     },
     Mode {
         name: "outbox_relaying",
         enqueue: Some(WakeUp::Poll),
         relaying: true,
+        joined: false,
+    },
+    Mode {
+        name: "outbox_one_statement",
+        enqueue: Some(WakeUp::Poll),
+        relaying: false,
+        joined: true,
     },
 ];
 
@@ -85,7 +98,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
         let median_rate = median(&rates[m]);
         let representative = runs[m]
             .iter()
-            .min_by(|a, b| (a.0 - median_rate).abs().total_cmp(&(b.0 - median_rate).abs()))
+            .min_by(|a, b| {
+                (a.0 - median_rate)
+                    .abs()
+                    .total_cmp(&(b.0 - median_rate).abs())
+            })
             .map(|(_, figure)| figure.clone())
             .unwrap_or(Value::Null);
         figures.insert(
@@ -111,6 +128,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
     figures.insert("notify_over_plain".into(), json!(ratio(2)));
     figures.insert("relaying_over_plain".into(), json!(ratio(3)));
     figures.insert("relaying_over_plain_per_round".into(), json!(per_round(3)));
+    figures.insert("one_statement_over_plain".into(), json!(ratio(4)));
+    figures.insert(
+        "one_statement_over_plain_per_round".into(),
+        json!(per_round(4)),
+    );
     Ok(Outcome {
         parameters: json!({
             "producers": producers,
@@ -119,11 +141,13 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
             "keys": ctx.args.keys,
             "payload_bytes": ctx.args.payload,
             "transaction": "BEGIN; INSERT order (prepared) [pipelined with the enqueue of one message, prepared once per producer connection (Enqueuer)]; COMMIT",
+            "one_statement": "BEGIN; WITH business AS (INSERT order RETURNING id) INSERT message (Enqueuer::execute_and_enqueue, prepared once); COMMIT",
             "modes": {
                 "plain": "business row only",
                 "outbox": "+ enqueue, WakeUp::Poll (no NOTIFY)",
                 "outbox_notify": "+ enqueue, WakeUp::Listen (pg_notify in every transaction)",
                 "outbox_relaying": "+ enqueue, WakeUp::Poll, the relay draining concurrently",
+                "outbox_one_statement": "the insert and the enqueue in one statement, WakeUp::Poll",
             },
         }),
         figures: Value::Object(figures),
@@ -168,10 +192,14 @@ async fn once(
             let p = u32::try_from(p).unwrap_or(0);
             let generator =
                 Generator::partition(&fx.subject, ctx.shape(), 7 + u64::from(p), p, producers);
-            let outbox = mode.enqueue.map(|_| fx.outbox.clone());
+            let how = match (mode.enqueue, mode.joined) {
+                (None, _) => How::Plain,
+                (Some(_), false) => How::Separate(fx.outbox.clone()),
+                (Some(_), true) => How::Joined(fx.outbox.clone()),
+            };
             tokio::spawn(produce(
                 client,
-                outbox,
+                how,
                 fx.schema.clone(),
                 generator,
                 start,
@@ -229,27 +257,37 @@ async fn once(
     Ok((rate, figure, violations))
 }
 
+/// What a producer's transaction does besides its business insert.
+enum How {
+    Plain,
+    /// A separate enqueue, pipelined with the insert.
+    Separate(outbox_postgres::PgOutbox),
+    /// The insert and the enqueue in one statement.
+    Joined(outbox_postgres::PgOutbox),
+}
+
 /// One producer: commits transactions back to back from `start` until `end`.
 async fn produce(
     mut client: tokio_postgres::Client,
-    outbox: Option<outbox_postgres::PgOutbox>,
+    how: How,
     schema: String,
     mut generator: Generator,
     start: Instant,
     end: Instant,
     progress: Progress,
 ) -> anyhow::Result<(u64, Histogram<u64>, tokio_postgres::Client)> {
-    let insert = client
-        .prepare(&format!(
-            "INSERT INTO \"{schema}\".orders (customer, total) VALUES ($1, $2)"
-        ))
-        .await?;
+    let insert_sql = format!("INSERT INTO \"{schema}\".orders (customer, total) VALUES ($1, $2)");
+    let insert = client.prepare(&insert_sql).await?;
+    let joined_sql = format!("{insert_sql} RETURNING id");
     // Prepared once on this connection, as the business insert is: each enqueue then only
     // binds and executes.
-    let enqueuer = match &outbox {
-        Some(outbox) => Some(outbox.prepare(&client).await.context("prepare enqueue")?),
-        None => None,
+    let enqueuer = match &how {
+        How::Plain => None,
+        How::Separate(outbox) | How::Joined(outbox) => {
+            Some(outbox.prepare(&client).await.context("prepare enqueue")?)
+        }
     };
+    let joined = matches!(how, How::Joined(_));
     let mut times = histogram();
     let mut count = 0;
     tokio::time::sleep_until(start.into()).await;
@@ -257,22 +295,29 @@ async fn produce(
         let began = Instant::now();
         let message = generator.message()?;
         let customer = message.key().unwrap_or_default().to_owned();
+        let total = 1999_i64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&customer, &total];
         let tx = client.transaction().await?;
         match &enqueuer {
+            None => {
+                tx.execute(&insert, &params).await?;
+            }
+            Some(enqueuer) if joined => {
+                enqueuer
+                    .execute_and_enqueue(&tx, &joined_sql, &params, &message)
+                    .await
+                    .context("insert and enqueue")?
+                    .context("the insert returned no row")?;
+            }
             // The enqueue goes out with the business statement, in the same round trip: how a
             // service should call it (tokio-postgres pipelines concurrent statements).
             Some(enqueuer) => {
-                let total = 1999_i64;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&customer, &total];
                 let (inserted, enqueued) = tokio::join!(
                     tx.execute(&insert, &params),
                     enqueuer.enqueue(&tx, &message)
                 );
                 inserted?;
                 enqueued.context("enqueue")?;
-            }
-            None => {
-                tx.execute(&insert, &[&customer, &1999_i64]).await?;
             }
         }
         tx.commit().await?;

@@ -299,3 +299,142 @@ async fn without_prepare_enqueue_deadpool_enqueues_prepare_nothing() {
     assert_eq!(client.statement_cache.size(), 0);
     assert_eq!(f.pending().await, [alone, batch[0], batch[1]]);
 }
+
+/// A business table next to the fixture's outbox.
+async fn accounts(f: &Fixture) -> String {
+    let table = format!("{}.accounts", f.db.schema());
+    f.client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO {table} VALUES (1, 100)"
+        ))
+        .await
+        .unwrap();
+    table
+}
+
+async fn balance(f: &Fixture, table: &str) -> i64 {
+    f.client
+        .query_one(&format!("SELECT balance FROM {table} WHERE id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_write_and_its_message_go_in_one_statement_or_not_at_all() {
+    let mut f = Fixture::new().await;
+    let table = accounts(&f).await;
+    let debit = format!("UPDATE {table} SET balance = balance - $1 WHERE id = $2 RETURNING 1;");
+    let enqueuer = f.outbox.prepare(&f.client).await.unwrap();
+
+    // Matched: written and enqueued, through the outbox and through the enqueuer (twice, the
+    // second time with the statement it kept).
+    let first = message(Some("account-1"), 1);
+    let tx = f.client.transaction().await.unwrap();
+    let a = f
+        .outbox
+        .execute_and_enqueue(&tx, &debit, &[&10_i64, &1_i64], &first)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = enqueuer
+        .execute_and_enqueue(
+            &tx,
+            &debit,
+            &[&10_i64, &1_i64],
+            &message(Some("account-1"), 2),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let c = enqueuer
+        .execute_and_enqueue(
+            &tx,
+            &debit,
+            &[&10_i64, &1_i64],
+            &message(Some("account-1"), 3),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(a < b && b < c);
+    assert_eq!(balance(&f, &table).await, 70);
+
+    // Nothing matched: nothing enqueued.
+    let none = enqueuer
+        .execute_and_enqueue(&f.client, &debit, &[&10_i64, &2_i64], &message(None, 4))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+
+    // Rolled back: neither.
+    let tx = f.client.transaction().await.unwrap();
+    enqueuer
+        .execute_and_enqueue(&tx, &debit, &[&10_i64, &1_i64], &message(None, 5))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(balance(&f, &table).await, 70);
+    assert_eq!(f.pending().await, [a, b, c]);
+
+    let claimed = f.store().claim(ClaimRequest::new(10, &[])).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_same(&claimed[0].message, &first);
+}
+
+#[tokio::test]
+async fn a_joined_write_is_checked_and_fails_cleanly() {
+    let mut f = Fixture::new().await;
+    let table = accounts(&f).await;
+    let enqueuer = f.outbox.prepare(&f.client).await.unwrap();
+    let tx = f.client.transaction().await.unwrap();
+
+    // An invalid message: refused before anything is sent, the transaction still usable.
+    let bad = Message::builder("bad subject").build_stored();
+    let debit = format!("UPDATE {table} SET balance = balance - 1 WHERE id = 1 RETURNING 1");
+    let error = f
+        .outbox
+        .execute_and_enqueue(&tx, &debit, &[], &bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidMessage(_)), "{error}");
+    let error = enqueuer
+        .execute_and_enqueue(&tx, &debit, &[], &bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidMessage(_)), "{error}");
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    // Without RETURNING: PostgreSQL's error, no panic, nothing written.
+    let no_returning = format!("UPDATE {table} SET balance = 0 WHERE id = 1");
+    let error = enqueuer
+        .execute_and_enqueue(&f.client, &no_returning, &[], &message(None, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Query { .. }), "{error}");
+    assert_eq!(balance(&f, &table).await, 100);
+    assert!(f.pending().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_joined_write_on_deadpool_is_prepared_once() {
+    let f = Fixture::new().await;
+    let table = accounts(&f).await;
+    let pool = pool(&f);
+    let insert = format!("INSERT INTO {table} VALUES ($1, 0) RETURNING id");
+    for id in 2..5_i64 {
+        let client = pool.get().await.unwrap();
+        f.outbox
+            .execute_and_enqueue(&client, &insert, &[&id], &message(None, 0))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let client = pool.get().await.unwrap();
+    assert_eq!(client.statement_cache.size(), 1);
+    assert_eq!(f.pending().await.len(), 3);
+}
