@@ -65,6 +65,33 @@ impl Env {
         pg_client(&self.pg).await
     }
 
+    /// Lets the machine settle before a measured run: flushes the server's dirty buffers
+    /// (`CHECKPOINT`), so that what one run wrote is not written out, with full-page images in
+    /// the WAL after it, while the next one is measured; then the kernel's dirty pages (`sync`),
+    /// or the next run's writes (PostgreSQL's and JetStream's) stall behind the writeback of
+    /// the last one's, for up to 100-200 ms at a time. `CHECKPOINT` needs a superuser or
+    /// `pg_checkpoint`, and the server on this host for `sync` to reach its files; returns what
+    /// happened, for the record.
+    pub(crate) async fn settle(&self) -> String {
+        let checkpoint = async {
+            let client = self.pg_client().await?;
+            client.batch_execute("CHECKPOINT").await?;
+            anyhow::Ok(())
+        }
+        .await;
+        let sync = tokio::process::Command::new("sync").status().await;
+        let checkpoint = match checkpoint {
+            Ok(()) => "done".to_owned(),
+            Err(error) => format!("skipped: {error:#}"),
+        };
+        let sync = match sync {
+            Ok(status) if status.success() => "done".to_owned(),
+            Ok(status) => format!("failed: {status}"),
+            Err(error) => format!("skipped: {error}"),
+        };
+        format!("checkpoint {checkpoint}, sync {sync}")
+    }
+
     pub(crate) async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         nats_client(&self.servers.nats_url).await
     }

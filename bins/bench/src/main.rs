@@ -102,8 +102,9 @@ async fn run(args: &RunArgs) -> anyhow::Result<bool> {
     let selected = args.selected();
     let paired = selected.contains(&Scenario::Drain) && selected.contains(&Scenario::Raw);
     for scenario in selected {
+        let settled = env.settle().await;
         let started_at = now_unix();
-        let machine = machine();
+        let machine = machine(settled);
         let outcomes = match scenario {
             Scenario::Raw if paired => continue,
             Scenario::Drain if paired => {
@@ -138,9 +139,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
-/// The machine before a scenario: CPU count and load.
-fn machine() -> serde_json::Value {
+/// The machine before a scenario: CPU count, load, and how it was settled first.
+fn machine(settled: String) -> serde_json::Value {
     json!({
+        "settled_before": settled,
         "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         "loadavg_before": std::fs::read_to_string("/proc/loadavg")
             .ok()

@@ -123,7 +123,9 @@ const LISTEN: &str = "LISTEN {channel}";
 // the available_at index in bitmaps and sorted the whole backlog: 20 ms instead of 0.3 for 256
 // rows. Every statement of the session has an index path that is right at any table size, so
 // the session plans each statement once (generic plans, rebuilt when the table's statistics
-// change) and never with a sequential or bitmap scan.
+// change) and never with a sequential or bitmap scan. Without JIT: a disabled scan type only
+// gets a huge cost, so a statement left with nothing but a sequential scan (the backlog count)
+// looked expensive enough to compile, 50-100 ms during which the session's claims waited.
 pub(crate) const SESSION_SETTINGS: &str = "\
 SELECT set_config('tcp_keepalives_idle', $1, false),
        set_config('tcp_keepalives_interval', $2, false),
@@ -131,7 +133,8 @@ SELECT set_config('tcp_keepalives_idle', $1, false),
        set_config('synchronous_commit', 'off', false),
        set_config('plan_cache_mode', 'force_generic_plan', false),
        set_config('enable_seqscan', 'off', false),
-       set_config('enable_bitmapscan', 'off', false)";
+       set_config('enable_bitmapscan', 'off', false),
+       set_config('jit', 'off', false)";
 
 /// Session-level, so it lives exactly as long as the session that took it.
 pub(crate) const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";

@@ -48,6 +48,8 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
         for &rate in &ctx.args.rates {
             let label = format!("{}@{rate}/s", mode_name(mode));
             let producers = producers(ctx.args.keys);
+            // Each rate starts without the previous one's writes still being flushed.
+            ctx.env.settle().await;
             let fx = ctx
                 .env
                 .fixture(&format!("latency_{}_{rate}", mode_name(mode)), mode)
