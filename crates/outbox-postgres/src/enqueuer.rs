@@ -124,14 +124,10 @@ impl Enqueuer {
             Some(prepared) => prepared,
             None => {
                 inner.outbox.check(message)?;
-                let sql = inner
+                let prepared = inner
                     .outbox
-                    .sql()
-                    .write_and_enqueue(statement, params.len());
-                let prepared = client
-                    .prepare_typed(&sql, &[])
-                    .await
-                    .map_err(Error::query("prepare write and enqueue"))?;
+                    .prepare_joined(client, statement, params.len())
+                    .await?;
                 let mut joined = self.joined();
                 // Texts are meant to be fixed, values travel as parameters; a caller that
                 // builds texts anyway must not grow the cache without bound.

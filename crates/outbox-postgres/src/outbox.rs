@@ -400,13 +400,24 @@ impl PgOutbox {
         message: &Message,
     ) -> Result<Option<i64>, Error> {
         self.check(message)?;
-        let sql = self.sql().write_and_enqueue(statement, params.len());
-        let prepared = client
-            .prepare_typed(&sql, &[])
-            .await
-            .map_err(Error::query("prepare write and enqueue"))?;
+        let prepared = self.prepare_joined(client, statement, params.len()).await?;
         self.write_and_enqueue_with(client, &prepared, params, message)
             .await
+    }
+
+    /// Prepares the caller's `statement` (taking `params` parameters) joined with the enqueue
+    /// of one message.
+    pub(crate) async fn prepare_joined<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+        statement: &str,
+        params: usize,
+    ) -> Result<Statement, Error> {
+        let sql = self.sql().write_and_enqueue(statement, params);
+        client
+            .prepare_typed(&sql, &[])
+            .await
+            .map_err(Error::query("prepare write and enqueue"))
     }
 
     /// [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) with its joined statement already
