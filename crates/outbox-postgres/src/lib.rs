@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`config`] | [`PgConfig`] (schema, lock id, wake-up mode, session timings) and its builder |
 //! | [`connect`] | [`PgConnectOptions`]: a `DATABASE_URL` with libpq's `sslmode` (up to `verify-full`), root and client certificates, and passwords from the URL, `PGPASSWORD` or a password file |
-//! | [`outbox`] | [`PgOutbox`]: [`migrate`](PgOutbox::migrate), [`enqueue`](PgOutbox::enqueue), [`enqueue_batch`](PgOutbox::enqueue_batch) |
+//! | [`outbox`] | [`PgOutbox`]: [`migrate`](PgOutbox::migrate), [`enqueue`](PgOutbox::enqueue), [`enqueue_batch`](PgOutbox::enqueue_batch), [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) (your write and the enqueue as one statement) |
 //! | [`executor`] | [`Executor`]: the clients and transactions `enqueue` accepts |
 //! | [`enqueuer`] | [`Enqueuer`]: the enqueue statements prepared once on a `tokio-postgres` connection, by [`prepare`](PgOutbox::prepare) |
 //! | [`store`] | [`PgStore`]: claim, complete, fail, wait for work |
@@ -83,7 +83,8 @@
 //!   connection works through any pooler (it uses no named prepared statements); on a
 //!   `deadpool-postgres` connection it uses the connection's prepared statements, so behind a
 //!   transaction-mode pooler that does not keep them, set [`PgConfig::prepare_enqueue`] to
-//!   false. An [`Enqueuer`] always uses prepared statements.
+//!   false. An [`Enqueuer`] and [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) always
+//!   use prepared statements.
 //! - The leader's session is visible in `pg_stat_activity` as `outbox-relay <schema>`.
 #![deny(missing_docs)]
 
