@@ -119,15 +119,19 @@ impl Enqueuer {
         message: &Message,
     ) -> Result<Option<i64>, Error> {
         let inner = &*self.inner;
+        inner.outbox.check(message)?;
         let known = self.joined().get(statement).cloned();
         let prepared = match known {
             Some(prepared) => prepared,
             None => {
-                inner.outbox.check(message)?;
-                let prepared = inner
+                let sql = inner
                     .outbox
-                    .prepare_joined(client, statement, params.len())
-                    .await?;
+                    .sql()
+                    .write_and_enqueue(statement, params.len());
+                let prepared = client
+                    .prepare_typed(&sql, &[])
+                    .await
+                    .map_err(Error::query("prepare write and enqueue"))?;
                 let mut joined = self.joined();
                 // Texts are meant to be fixed, values travel as parameters; a caller that
                 // builds texts anyway must not grow the cache without bound.
@@ -140,7 +144,7 @@ impl Enqueuer {
         };
         inner
             .outbox
-            .write_and_enqueue_with(client, &prepared, params, message)
+            .write_and_enqueue_with(client, &prepared, inner.notify.as_ref(), params, message)
             .await
     }
 

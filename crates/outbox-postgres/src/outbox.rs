@@ -400,42 +400,32 @@ impl PgOutbox {
         message: &Message,
     ) -> Result<Option<i64>, Error> {
         self.check(message)?;
-        let prepared = self.prepare_joined(client, statement, params.len()).await?;
-        self.write_and_enqueue_with(client, &prepared, params, message)
+        let sql = self.sql().write_and_enqueue(statement, params.len());
+        let (prepared, notify) = self
+            .prepare_with_notify(client, &sql, &[])
+            .await
+            .map_err(Error::query("prepare write and enqueue"))?;
+        self.write_and_enqueue_with(client, &prepared, notify.as_ref(), params, message)
             .await
     }
 
-    /// Prepares the caller's `statement` (taking `params` parameters) joined with the enqueue
-    /// of one message.
-    pub(crate) async fn prepare_joined<C: Executor + ?Sized>(
-        &self,
-        client: &C,
-        statement: &str,
-        params: usize,
-    ) -> Result<Statement, Error> {
-        let sql = self.sql().write_and_enqueue(statement, params);
-        client
-            .prepare_typed(&sql, &[])
-            .await
-            .map_err(Error::query("prepare write and enqueue"))
-    }
-
-    /// [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) with its joined statement already
-    /// prepared on `client`.
+    /// [`execute_and_enqueue`](PgOutbox::execute_and_enqueue) with its joined statement (and, in
+    /// Listen mode, the `pg_notify`) already prepared on `client`, for a `message` the caller
+    /// has [checked](PgOutbox::check).
     pub(crate) async fn write_and_enqueue_with<C: Executor + ?Sized>(
         &self,
         client: &C,
         prepared: &Statement,
+        notify: Option<&Statement>,
         params: &[&(dyn ToSql + Sync)],
         message: &Message,
     ) -> Result<Option<i64>, Error> {
-        self.check(message)?;
         let ours = OneParams::new(message);
         let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + PARAMS);
         values.extend_from_slice(params);
         values.extend_from_slice(&ours.values());
         let rows = self
-            .with_notify(client, client.query_prepared(prepared, &values))
+            .run_prepared(client, prepared, notify, &values)
             .await
             .map_err(Error::query("write and enqueue"))?;
         match rows.as_slice() {

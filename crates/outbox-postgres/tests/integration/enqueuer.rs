@@ -438,3 +438,39 @@ async fn a_joined_write_on_deadpool_is_prepared_once() {
     assert_eq!(client.statement_cache.size(), 1);
     assert_eq!(f.pending().await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_joined_write_notifies_in_listen_mode() {
+    let mut f = Fixture::with(|b| b.wake_up(WakeUp::Listen)).await;
+    let table = accounts(&f).await;
+    let debit = format!("UPDATE {table} SET balance = balance - 1 WHERE id = 1 RETURNING 1");
+    let enqueuer = f.outbox.prepare(&f.client).await.unwrap();
+    let store = f.store();
+    listening(&store).await;
+
+    let waited = wait_across(&store, async {
+        let tx = f.client.transaction().await.unwrap();
+        f.outbox
+            .execute_and_enqueue(&tx, &debit, &[], &message(None, 1))
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+
+    let waited = wait_across(&store, async {
+        let tx = f.client.transaction().await.unwrap();
+        enqueuer
+            .execute_and_enqueue(&tx, &debit, &[], &message(None, 2))
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    assert_eq!(f.pending().await.len(), 2);
+    assert_eq!(balance(&f, &table).await, 98);
+}
