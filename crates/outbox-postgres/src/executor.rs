@@ -61,93 +61,52 @@ pub trait Executor: sealed::Sealed + Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>>;
 }
 
-impl sealed::Sealed for tokio_postgres::Client {}
-impl Executor for tokio_postgres::Client {
-    fn query_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Client::query_typed(self, statement, params))
-    }
+/// The `tokio-postgres` client and transaction: the same inherent methods, none cached.
+macro_rules! tokio_postgres_executor {
+    ($t:ty) => {
+        impl sealed::Sealed for $t {}
+        impl Executor for $t {
+            fn query_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                params: &'a [(&'a (dyn ToSql + Sync), Type)],
+            ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+                Box::pin(<$t>::query_typed(self, statement, params))
+            }
 
-    fn execute_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Client::execute_typed(
-            self, statement, params,
-        ))
-    }
+            fn execute_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                params: &'a [(&'a (dyn ToSql + Sync), Type)],
+            ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
+                Box::pin(<$t>::execute_typed(self, statement, params))
+            }
 
-    fn prepare_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        types: &'a [Type],
-    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Client::prepare_typed(
-            self, statement, types,
-        ))
-    }
+            fn prepare_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                types: &'a [Type],
+            ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+                Box::pin(<$t>::prepare_typed(self, statement, types))
+            }
 
-    fn caches_statements(&self) -> bool {
-        false
-    }
+            fn caches_statements(&self) -> bool {
+                false
+            }
 
-    fn query_prepared<'a>(
-        &'a self,
-        statement: &'a Statement,
-        params: &'a [&'a (dyn ToSql + Sync)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Client::query(self, statement, params))
-    }
+            fn query_prepared<'a>(
+                &'a self,
+                statement: &'a Statement,
+                params: &'a [&'a (dyn ToSql + Sync)],
+            ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+                Box::pin(<$t>::query(self, statement, params))
+            }
+        }
+    };
 }
 
-impl sealed::Sealed for tokio_postgres::Transaction<'_> {}
-impl Executor for tokio_postgres::Transaction<'_> {
-    fn query_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Transaction::query_typed(
-            self, statement, params,
-        ))
-    }
-
-    fn execute_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Transaction::execute_typed(
-            self, statement, params,
-        ))
-    }
-
-    fn prepare_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        types: &'a [Type],
-    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Transaction::prepare_typed(
-            self, statement, types,
-        ))
-    }
-
-    fn caches_statements(&self) -> bool {
-        false
-    }
-
-    fn query_prepared<'a>(
-        &'a self,
-        statement: &'a Statement,
-        params: &'a [&'a (dyn ToSql + Sync)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        Box::pin(tokio_postgres::Transaction::query(self, statement, params))
-    }
-}
+tokio_postgres_executor!(tokio_postgres::Client);
+tokio_postgres_executor!(tokio_postgres::Transaction<'_>);
 
 #[cfg(feature = "deadpool")]
 impl sealed::Sealed for deadpool_postgres::Object {}
