@@ -1,8 +1,11 @@
 //! One term of leadership: claim, publish, record, repeat.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use futures::future::BoxFuture;
+use foldhash::fast::RandomState;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -12,7 +15,7 @@ use tracing::Instrument;
 use super::backoff::{Backoff, retry_delay};
 use crate::{
     Ack, Broker, ClaimRequest, Claimed, Error, Failure, FailureAction, KeyOrder, Leadership,
-    RelayConfig, Store,
+    PendingAck, RelayConfig, Store,
 };
 use crate::{telemetry, trace};
 
@@ -27,10 +30,37 @@ pub(crate) enum TermEnd {
     Failed(Error),
 }
 
-/// A message in flight, when it was sent, its acknowledgement, and its `outbox.publish` span
-/// (open until the acknowledgement is handled).
-type Done = (Claimed, Instant, Result<Ack, Error>, tracing::Span);
-type AckFuture = BoxFuture<'static, Done>;
+/// A published message: when it was sent, and its `outbox.publish` span (open until the
+/// acknowledgement is handled).
+struct Sent {
+    claimed: Claimed,
+    at: Instant,
+    span: tracing::Span,
+}
+
+/// A published message waiting for its acknowledgement. A plain future rather than a boxed
+/// `async` block: one allocation less per message, and the message is moved once.
+struct InFlight {
+    /// Taken when the acknowledgement arrives.
+    sent: Option<Sent>,
+    ack: PendingAck,
+}
+
+impl Future for InFlight {
+    type Output = (Sent, Result<Ack, Error>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = ready!(Pin::new(&mut self.ack).poll(cx));
+        match self.sent.take() {
+            Some(sent) => Poll::Ready((sent, result)),
+            // Polled again after it completed, which `FuturesUnordered` never does.
+            None => Poll::Pending,
+        }
+    }
+}
+
+type HashSet<T> = std::collections::HashSet<T, RandomState>;
+type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
 /// The relay's working memory during one term.
 pub(crate) struct Dispatcher<'a, S, B> {
@@ -45,7 +75,10 @@ pub(crate) struct Dispatcher<'a, S, B> {
     /// Keys with a failure not yet recorded in the store: their later messages must not go out
     /// before the store decided what comes next (retry later, dead letter, or claim again).
     blocked: HashSet<String>,
-    in_flight: FuturesUnordered<AckFuture>,
+    in_flight: FuturesUnordered<InFlight>,
+    /// Messages whose key an acknowledgement just freed, published together once the
+    /// acknowledgements at hand are handled: back to back, they reach the broker in fewer writes.
+    next_up: Vec<Claimed>,
     acked: Vec<i64>,
     failed: Vec<Failure>,
     draining: bool,
@@ -83,10 +116,11 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             store,
             broker,
             config,
-            held: HashSet::new(),
-            keys: HashMap::new(),
-            blocked: HashSet::new(),
+            held: HashSet::default(),
+            keys: HashMap::default(),
+            blocked: HashSet::default(),
             in_flight: FuturesUnordered::new(),
+            next_up: Vec::new(),
             acked: Vec::new(),
             failed: Vec::new(),
             draining: false,
@@ -104,18 +138,10 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         shutdown: &CancellationToken,
     ) -> TermEnd {
         let mut exclude = Vec::new();
-        let mut sampled: Option<Instant> = None;
         loop {
             // Failures are rare and keep their keys blocked until recorded: record them first.
             if let Err(error) = self.settle_failures().await {
                 return TermEnd::Failed(error);
-            }
-            if sampled.is_none_or(|at| at.elapsed() >= self.config.backlog_interval) {
-                sampled = Some(Instant::now());
-                sample_backlog(self.store).await;
-                if let Err(error) = self.store.housekeep().await {
-                    tracing::warn!(%error, "store housekeeping failed; trying again later");
-                }
             }
             if leadership.is_lost() {
                 return TermEnd::Lost;
@@ -149,7 +175,7 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                     () = shutdown.cancelled() => {}
                     () = leadership.lost() => {}
                     Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                        self.on_ack(done).await;
+                        self.on_ack(done);
                     }
                     () = self.store.wait_for_work(poll), if waiting_for_work => {
                         self.claim_ready = true;
@@ -335,11 +361,14 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
             .instrument(span.clone())
             .await
         {
-            Ok(pending) => {
-                let sent = Instant::now();
-                self.in_flight
-                    .push(async move { (claimed, sent, pending.await, span) }.boxed());
-            }
+            Ok(ack) => self.in_flight.push(InFlight {
+                sent: Some(Sent {
+                    claimed,
+                    at: Instant::now(),
+                    span,
+                }),
+                ack,
+            }),
             Err(error) => {
                 record_error(&span, &error);
                 self.fail(claimed, error);
@@ -347,11 +376,12 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         }
     }
 
-    async fn on_ack(&mut self, (claimed, sent, result, span): Done) {
+    fn on_ack(&mut self, (sent, result): (Sent, Result<Ack, Error>)) {
+        let Sent { claimed, at, span } = sent;
         match result {
             Ok(ack) => {
                 span.record("duplicate", ack.duplicate);
-                telemetry::acknowledged(ack.duplicate, sent.elapsed());
+                telemetry::acknowledged(ack.duplicate, at.elapsed());
                 if matches!(self.health, BrokerHealth::Down) {
                     tracing::info!("broker available again; publishing resumed");
                     self.health = BrokerHealth::Up;
@@ -362,7 +392,7 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
                 }
                 self.acked.push(claimed.seq);
                 if let Some(key) = claimed.message.key() {
-                    self.advance(key).await;
+                    self.advance(key);
                 }
             }
             Err(error) => {
@@ -372,15 +402,15 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         }
     }
 
-    /// Publishes the next waiting message of `key`, or frees the key.
-    async fn advance(&mut self, key: &str) {
+    /// Makes the next waiting message of `key` the next to publish, or frees the key.
+    fn advance(&mut self, key: &str) {
         let next = if self.draining {
             None
         } else {
             self.keys.get_mut(key).and_then(VecDeque::pop_front)
         };
         match next {
-            Some(next) => self.publish(next).await,
+            Some(next) => self.next_up.push(next),
             None => self.release(key),
         }
     }
@@ -443,11 +473,17 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         }
     }
 
-    /// Handles every acknowledgement that already arrived, without waiting.
+    /// Handles every acknowledgement that already arrived, without waiting, then publishes the
+    /// messages they let go.
     async fn collect_ready(&mut self) {
         while let Some(Some(done)) = self.in_flight.next().now_or_never() {
-            self.on_ack(done).await;
+            self.on_ack(done);
         }
+        let mut next_up = std::mem::take(&mut self.next_up);
+        for claimed in next_up.drain(..) {
+            self.publish(claimed).await;
+        }
+        self.next_up = next_up;
     }
 
     /// Stops publishing, waits for acknowledgements in flight (bounded), records them.
@@ -461,7 +497,7 @@ impl<'a, S: Store, B: Broker> Dispatcher<'a, S, B> {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
-                Ok(Some(done)) => self.on_ack(done).await,
+                Ok(Some(done)) => self.on_ack(done),
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -484,14 +520,5 @@ fn record_error(span: &tracing::Span, error: &Error) {
     if !span.is_disabled() {
         span.record("error", tracing::field::display(error));
         span.record("otel.status_code", "ERROR");
-    }
-}
-
-/// Updates the backlog gauges. Takes the store alone: the dispatcher is not `Sync`.
-async fn sample_backlog<S: Store>(store: &S) {
-    match store.backlog().await {
-        Ok(Some(backlog)) => telemetry::backlog(backlog.pending, backlog.lag),
-        Ok(None) => {}
-        Err(error) => tracing::debug!(%error, "could not sample the backlog"),
     }
 }

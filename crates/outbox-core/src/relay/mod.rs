@@ -23,9 +23,11 @@
 mod backoff;
 mod dispatch;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, Elector, Error, RelayConfig, Store};
@@ -123,9 +125,14 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
             self.state.send_replace(RelayState::Leading);
             crate::telemetry::leading(true);
             tracing::info!("became leader; relaying");
-            let end = Dispatcher::new(&self.store, &self.broker, &self.config)
-                .run(&leadership, &shutdown)
-                .await;
+            // The backlog sample and housekeeping run beside the dispatcher, in this task: a
+            // count of a large backlog takes tens of milliseconds, during which claims and
+            // acknowledgements go on. They stop with the term.
+            let end = tokio::select! {
+                end = Dispatcher::new(&self.store, &self.broker, &self.config)
+                    .run(&leadership, &shutdown) => end,
+                never = sample_every(&self.store, self.config.backlog_interval) => match never {},
+            };
             drop(leadership);
             crate::telemetry::leading(false);
             self.state.send_replace(RelayState::Campaigning);
@@ -146,6 +153,24 @@ impl<S: Store, B: Broker, E: Elector> Relay<S, B, E> {
         }
         self.state.send_replace(RelayState::Stopped);
         tracing::info!("relay stopped");
+    }
+}
+
+/// Every `interval` from now: updates the backlog gauges, then lets the store do its
+/// housekeeping. Runs until dropped.
+async fn sample_every<S: Store>(store: &S, interval: Duration) -> Infallible {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.backlog().await {
+            Ok(Some(backlog)) => crate::telemetry::backlog(backlog.pending, backlog.lag),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "could not sample the backlog"),
+        }
+        if let Err(error) = store.housekeep().await {
+            tracing::warn!(%error, "store housekeeping failed; trying again later");
+        }
     }
 }
 
