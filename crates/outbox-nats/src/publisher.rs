@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_nats::jetstream::{self, context::ContextBuilder};
 use async_trait::async_trait;
 use outbox_core::{Ack, Broker, Message, PendingAck};
@@ -124,7 +125,8 @@ impl JetStreamPublisher {
 impl Broker for JetStreamPublisher {
     async fn publish(&self, message: &Message) -> Result<PendingAck, outbox_core::Error> {
         let (headers, size, max) = prepare(&self.client, message)?;
-        let subject = message.subject().to_owned();
+        // One copy of the subject, shared by the publish and the error of a failed ack.
+        let subject = Subject::from(message.subject());
         let ack = self
             .context
             .publish_with_headers(subject.clone(), headers, message.payload().clone())

@@ -654,7 +654,7 @@ pub(crate) fn message_from_row(row: &Row, _seq: i64) -> Result<Message, Error> {
     let subject: String = column(row, "subject", OP)?;
     let key: Option<String> = column(row, "key", OP)?;
     let payload: Vec<u8> = column(row, "payload", OP)?;
-    let Json(headers): Json<Headers> = column(row, "headers", OP)?;
+    let StoredHeaders(headers) = column(row, "headers", OP)?;
     let mut builder = Message::builder(subject)
         .id(column(row, "id", OP)?)
         .payload(Bytes::from(payload))
@@ -669,6 +669,31 @@ pub(crate) fn message_from_row(row: &Row, _seq: i64) -> Result<Message, Error> {
     // failed here would fail every claim and stop the relay. What the broker cannot carry
     // fails at publish and is dead-lettered.
     Ok(builder.build_stored())
+}
+
+/// A `headers` column. Almost every message has none: `{}` is read without a JSON parse.
+struct StoredHeaders(Headers);
+
+impl<'a> FromSql<'a> for StoredHeaders {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form is a version byte (1) and the text; json's is the text.
+        let text = if *ty == Type::JSONB {
+            raw.strip_prefix(&[1])
+        } else {
+            Some(raw)
+        };
+        if text == Some(b"{}".as_slice()) {
+            return Ok(Self(Headers::new()));
+        }
+        Json::<Headers>::from_sql(ty, raw).map(|Json(headers)| Self(headers))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Json<Headers> as FromSql>::accepts(ty)
+    }
 }
 
 /// Reads an `integer` attempts column; negative values (never written by this crate) read as 0.
