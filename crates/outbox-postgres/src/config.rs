@@ -131,9 +131,11 @@ pub struct PgConfig {
     /// [`PgOutbox::purge_published`](crate::PgOutbox::purge_published)) does on demand.
     pub retention: Option<Duration>,
     /// The store vacuums `messages` itself, on a connection of its own, after deleting this
-    /// many rows. Default: 50,000. Claims read the index entries of deleted rows until a vacuum
-    /// removes them, and autovacuum runs once a minute at most; `None` leaves it to autovacuum
-    /// (for example when the relay's role does not own the table).
+    /// many rows, or as many as the backlog last held if that is more. Default: 50,000. Dead
+    /// rows grow the table and slow claims until a vacuum removes them, and autovacuum runs once
+    /// a minute at most; a vacuum reads the whole table, so during a larger backlog it waits
+    /// until as many rows were deleted as the backlog held. `None` leaves it to autovacuum (for
+    /// example when the relay's role does not own the table).
     pub vacuum_every: Option<u64>,
     /// Enqueue with prepared statements where the connection keeps them. Default: `true`.
     ///
@@ -267,6 +269,13 @@ impl PgConfig {
         self.application_name
             .clone()
             .unwrap_or_else(|| truncate(format!("outbox-relay {}", self.schema)))
+    }
+
+    /// The `application_name` of the store's backlog connection.
+    pub(crate) fn stats_name(&self) -> String {
+        self.application_name
+            .clone()
+            .unwrap_or_else(|| truncate(format!("outbox-stats {}", self.schema)))
     }
 
     /// The `application_name` of the store's vacuum connection.

@@ -77,6 +77,9 @@ struct Inner {
     deleted: Mutex<Deleted>,
     /// When to vacuum `messages` (see the `vacuum` module).
     vacuum: Arc<Vacuum>,
+    /// A connection of its own for the backlog sample, opened when first needed: counting a
+    /// large backlog takes tens of milliseconds, which on the session would hold up claims.
+    stats: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 #[derive(Default)]
@@ -143,6 +146,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 deleted: Mutex::new(Deleted::default()),
                 vacuum: Arc::default(),
+                stats: tokio::sync::Mutex::new(None),
                 outbox: outbox.clone(),
                 db,
                 tls,
@@ -312,6 +316,25 @@ impl PgStore {
         Some((leadership, term))
     }
 
+    /// Opens the connection the backlog is counted on.
+    async fn connect_stats(&self) -> Result<tokio_postgres::Client, Error> {
+        let config = self.inner.outbox.config();
+        let mut db = self.inner.db.clone();
+        db.application_name(config.stats_name());
+        let (client, connection) =
+            tokio::time::timeout(config.connect_timeout, self.inner.tls.connect(&db))
+                .await
+                .map_err(|_| Error::Timeout("opening the backlog connection"))?
+                .map_err(Error::Connect)?;
+        tokio::spawn(connection);
+        // The count reads the whole table; compiling it would take longer than running it.
+        client
+            .batch_execute("SET jit = off")
+            .await
+            .map_err(Error::query("apply session settings"))?;
+        Ok(client)
+    }
+
     /// Ends the term held on the session with `epoch` and closes that session, which releases
     /// the lock.
     pub(crate) fn end_term(&self, session: &Session) {
@@ -323,6 +346,11 @@ impl PgStore {
         }
         self.discard(session.epoch);
         session.close();
+        // Only a leader samples the backlog: a follower keeps no connection for it. A sample
+        // running right now keeps its connection until the next term ends.
+        if let Ok(mut stats) = self.inner.stats.try_lock() {
+            stats.take();
+        }
     }
 }
 
@@ -350,13 +378,21 @@ impl Store for PgStore {
             }
         }
         .map_err(|e| self.on_error(&session, Error::query("claim")(e)))?;
+        let mut rows = rows
+            .into_iter()
+            .map(|row| Ok((column::<i64>(&row, "seq", "claim")?, row)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        // Each gap's scan returns its first `limit` due rows in seq order; the claim is the
+        // lowest `limit` of them all. Merged here rather than sorted in the statement, which
+        // would copy every row into a sort (see `CLAIM_GAPS`).
+        rows.sort_unstable_by_key(|&(seq, _)| seq);
+        rows.truncate(request.limit);
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = column(row, "seq", "claim")?;
+        for (seq, row) in &rows {
             claimed.push(Claimed {
-                seq,
+                seq: *seq,
                 attempts: attempts_from_row(row)?,
-                message: message_from_row(row, seq)?,
+                message: message_from_row(row, *seq)?,
             });
         }
         Ok(claimed)
@@ -404,15 +440,24 @@ impl Store for PgStore {
         Ok(())
     }
 
+    /// Counted on a connection of its own, not the session, so claims go on meanwhile.
     async fn backlog(&self) -> Result<Option<Backlog>, outbox_core::Error> {
-        let session = self.working_session().await?;
-        let row = session
-            .client
+        // Only a leader samples: with an elector, a store that does not lead refuses.
+        drop(self.working_session().await?);
+        let mut stats = self.inner.stats.lock().await;
+        let client = match stats.take().filter(|c| !c.is_closed()) {
+            Some(client) => stats.insert(client),
+            None => stats.insert(self.connect_stats().await?),
+        };
+        let row = client
             .query_one(&self.inner.outbox.sql().backlog, &[])
             .await
-            .map_err(|e| self.on_error(&session, Error::query("backlog")(e)))?;
+            .map_err(Error::query("backlog"))?;
         let pending: i64 = column(&row, "pending", "backlog")?;
         let lag: f64 = column(&row, "lag_seconds", "backlog")?;
+        self.inner
+            .vacuum
+            .backlog(u64::try_from(pending).unwrap_or(0));
         Ok(Some(Backlog::new(
             u64::try_from(pending).unwrap_or(0),
             Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),

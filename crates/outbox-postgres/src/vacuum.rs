@@ -1,13 +1,21 @@
 //! The relay's own vacuum of the hot table.
 //!
-//! Every claim walks `messages_pkey` from the lowest seq. Rows the relay deleted leave index
-//! entries behind until a vacuum removes them; a scan skips such entries once they are marked
-//! dead, but still reads them, so without a vacuum every claim gets slower with each message
-//! published (measured: a 200,000-message drain's claims went from 3.7 to 6.3 ms). Autovacuum
-//! wakes up once a minute at most (`autovacuum_naptime`), during which a busy relay deletes
-//! hundreds of thousands of rows. So the store vacuums `messages` itself, on a connection of its
-//! own, after every [`PgConfig::vacuum_every`](crate::PgConfig::vacuum_every) rows it deleted:
-//! it runs beside the relay (a vacuum takes no lock that blocks inserts, deletes or claims).
+//! Rows the relay deleted leave heap tuples and index entries behind until a vacuum removes them.
+//! Claims skip the seqs this store deleted itself (see the `claim` module), but not those a
+//! previous leader deleted, nor the table's growth: without a vacuum, inserts keep extending the
+//! table and every new leader's claims walk the dead entries at its head. Autovacuum wakes up
+//! once a minute at most (`autovacuum_naptime`), during which a busy relay deletes hundreds of
+//! thousands of rows. So the store vacuums `messages` itself, on a connection of its own, once it
+//! deleted [`PgConfig::vacuum_every`](crate::PgConfig::vacuum_every) rows since the last vacuum
+//! *and* at least as many as the backlog held when it was last sampled: it runs beside the relay
+//! (a vacuum takes no lock that blocks inserts, deletes or claims).
+//!
+//! The second condition is autovacuum's scale factor, set to 1. A vacuum reads every page of the
+//! table that is not all-visible and every page of both indexes, live or dead: its cost grows
+//! with the table, not with the rows it removes. Vacuuming every 50,000 deletes while a relay
+//! drained a 200,000-message backlog read the remaining backlog four times over, and cost the
+//! drain 8% of its speed; waiting until as many rows were deleted as the backlog held keeps a
+//! vacuum's cost proportional to the deletes it follows, whatever the backlog.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,14 +28,21 @@ use crate::connect::Tls;
 pub(crate) struct Vacuum {
     /// Rows deleted since the last vacuum started.
     deleted: AtomicU64,
+    /// Messages in the outbox when the backlog was last sampled.
+    backlog: AtomicU64,
     running: AtomicBool,
     /// Set after a vacuum was refused (not the table's owner): logged once, never tried again.
     refused: AtomicBool,
 }
 
 impl Vacuum {
-    /// Counts `n` deleted rows; starts a vacuum when `every` were deleted since the last one
-    /// and none is running.
+    /// Records the outbox's size, as the backlog sample counted it.
+    pub(crate) fn backlog(&self, pending: u64) {
+        self.backlog.store(pending, Ordering::Relaxed);
+    }
+
+    /// Counts `n` deleted rows; starts a vacuum when `every`, and at least the last sampled
+    /// backlog, were deleted since the last one and none is running.
     pub(crate) fn deleted(
         self: &Arc<Self>,
         n: usize,
@@ -39,7 +54,8 @@ impl Vacuum {
             return;
         };
         let total = self.deleted.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if total < every || self.refused.load(Ordering::Relaxed) {
+        let due = every.max(self.backlog.load(Ordering::Relaxed));
+        if total < due || self.refused.load(Ordering::Relaxed) {
             return;
         }
         if self.running.swap(true, Ordering::AcqRel) {

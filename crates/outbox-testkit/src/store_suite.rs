@@ -173,6 +173,37 @@ pub async fn claim_honours_limit_and_exclude<H: StoreHarness>(h: H) {
     assert_eq!(h.pending().await, seqs);
 }
 
+/// With completed and held messages between the rest, a claim returns the lowest due seqs, up to
+/// `limit`, from every stretch between them, in seq order.
+pub async fn claim_spans_completed_and_held_messages<H: StoreHarness>(h: H) {
+    let msgs: Vec<_> = (0..12).map(|n| message(None, n)).collect();
+    let s = h.enqueue(&msgs).await;
+    let store = h.store();
+    store
+        .complete(&[s[2], s[3], s[9]])
+        .await
+        .unwrap_or_else(|e| panic!("complete: {e}"));
+    let held = [s[0], s[6]];
+    let claim = |limit| {
+        let store = &store;
+        async move {
+            store
+                .claim(ClaimRequest::new(limit, &held))
+                .await
+                .unwrap_or_else(|e| panic!("claim: {e}"))
+                .iter()
+                .map(|c| c.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(3).await, [s[1], s[4], s[5]]);
+    assert_eq!(claim(5).await, [s[1], s[4], s[5], s[7], s[8]]);
+    assert_eq!(
+        claim(100).await,
+        [s[1], s[4], s[5], s[7], s[8], s[10], s[11]]
+    );
+}
+
 /// Several messages of one key may come in one batch, in enqueue order.
 pub async fn messages_of_a_key_come_in_order<H: StoreHarness>(h: H) {
     let msgs: Vec<_> = (0..20)
@@ -388,6 +419,7 @@ macro_rules! store_conformance {
             claims_committed_messages_in_seq_order,
             rolled_back_messages_are_never_claimed,
             claim_honours_limit_and_exclude,
+            claim_spans_completed_and_held_messages,
             messages_of_a_key_come_in_order,
             complete_removes_for_good,
             retry_blocks_its_key_until_due,
