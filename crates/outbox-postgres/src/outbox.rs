@@ -650,25 +650,82 @@ pub(crate) fn column<'a, T: FromSql<'a>>(
 
 /// Rebuilds the message stored in `row` (columns id, subject, key, payload, headers, created_at).
 pub(crate) fn message_from_row(row: &Row, _seq: i64) -> Result<Message, Error> {
+    MessageColumns::of(row)?.message(row)
+}
+
+/// Where a result holds the columns of a stored message: found by name once, then read by
+/// position from every row of the result (a lookup by name compares the name with every
+/// column's, for every value read).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageColumns {
+    seq: usize,
+    attempts: usize,
+    id: usize,
+    subject: usize,
+    key: usize,
+    payload: usize,
+    headers: usize,
+    created_at: usize,
+}
+
+impl MessageColumns {
     const OP: &str = "read message";
-    let subject: String = column(row, "subject", OP)?;
-    let key: Option<String> = column(row, "key", OP)?;
-    let payload: Vec<u8> = column(row, "payload", OP)?;
-    let StoredHeaders(headers) = column(row, "headers", OP)?;
-    let mut builder = Message::builder(subject)
-        .id(column(row, "id", OP)?)
-        .payload(Bytes::from(payload))
-        .created_at(column(row, "created_at", OP)?);
-    if let Some(key) = key {
-        builder = builder.key(key);
+
+    /// The positions in `row`'s result, which must have every column of a message.
+    pub(crate) fn of(row: &Row) -> Result<Self, Error> {
+        let find = |name: &str| {
+            row.columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .ok_or_else(|| Error::Protocol(format!("a message's row has no column {name}")))
+        };
+        Ok(Self {
+            seq: find("seq")?,
+            attempts: find("attempts")?,
+            id: find("id")?,
+            subject: find("subject")?,
+            key: find("key")?,
+            payload: find("payload")?,
+            headers: find("headers")?,
+            created_at: find("created_at")?,
+        })
     }
-    for (name, value) in headers {
-        builder = builder.header(name, value);
+
+    fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, Error> {
+        row.try_get(index).map_err(Error::query(Self::OP))
     }
-    // Not rechecked: it was checked at enqueue, perhaps under older rules, and a message that
-    // failed here would fail every claim and stop the relay. What the broker cannot carry
-    // fails at publish and is dead-lettered.
-    Ok(builder.build_stored())
+
+    pub(crate) fn seq(&self, row: &Row) -> Result<i64, Error> {
+        Self::get(row, self.seq)
+    }
+
+    /// The attempts so far; negative values (never written by this crate) read as 0.
+    pub(crate) fn attempts(&self, row: &Row) -> Result<u32, Error> {
+        let attempts: i32 = Self::get(row, self.attempts)?;
+        Ok(u32::try_from(attempts).unwrap_or(0))
+    }
+
+    /// Rebuilds the message stored in `row`.
+    pub(crate) fn message(&self, row: &Row) -> Result<Message, Error> {
+        let subject: String = Self::get(row, self.subject)?;
+        let key: Option<String> = Self::get(row, self.key)?;
+        let payload: Vec<u8> = Self::get(row, self.payload)?;
+        let StoredHeaders(headers) = Self::get(row, self.headers)?;
+        let mut builder = Message::builder(subject)
+            .id(Self::get(row, self.id)?)
+            .payload(Bytes::from(payload))
+            .created_at(Self::get(row, self.created_at)?);
+        if let Some(key) = key {
+            builder = builder.key(key);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        // Not rechecked: it was checked at enqueue, perhaps under older rules, and a message
+        // that failed here would fail every claim and stop the relay. What the broker cannot
+        // carry fails at publish and is dead-lettered.
+        Ok(builder.build_stored())
+    }
 }
 
 /// A `headers` column. Almost every message has none: `{}` is read without a JSON parse.
@@ -696,8 +753,7 @@ impl<'a> FromSql<'a> for StoredHeaders {
     }
 }
 
-/// Reads an `integer` attempts column; negative values (never written by this crate) read as 0.
+/// Reads the attempts of the message stored in `row`.
 pub(crate) fn attempts_from_row(row: &Row) -> Result<u32, Error> {
-    let attempts: i32 = column(row, "attempts", "read message")?;
-    Ok(u32::try_from(attempts).unwrap_or(0))
+    MessageColumns::of(row)?.attempts(row)
 }

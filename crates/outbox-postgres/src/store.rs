@@ -19,7 +19,7 @@ use crate::vacuum::Vacuum;
 const HOUSEKEEPING_BATCHES: usize = 5;
 use crate::connect::Tls;
 use crate::listen::Listener;
-use crate::outbox::{attempts_from_row, column, message_from_row};
+use crate::outbox::{MessageColumns, column};
 use crate::session::Session;
 use crate::{Error, PgConnectOptions, PgElector, PgOutbox, WakeUp};
 
@@ -378,9 +378,12 @@ impl Store for PgStore {
             }
         }
         .map_err(|e| self.on_error(&session, Error::query("claim")(e)))?;
+        let Some(columns) = rows.first().map(MessageColumns::of).transpose()? else {
+            return Ok(Vec::new());
+        };
         let mut rows = rows
             .into_iter()
-            .map(|row| Ok((column::<i64>(&row, "seq", "claim")?, row)))
+            .map(|row| Ok((columns.seq(&row)?, row)))
             .collect::<Result<Vec<_>, Error>>()?;
         // Each gap's scan returns its first `limit` due rows in seq order; the claim is the
         // lowest `limit` of them all. Merged here rather than sorted in the statement, which
@@ -391,8 +394,8 @@ impl Store for PgStore {
         for (seq, row) in &rows {
             claimed.push(Claimed {
                 seq: *seq,
-                attempts: attempts_from_row(row)?,
-                message: message_from_row(row, *seq)?,
+                attempts: columns.attempts(row)?,
+                message: columns.message(row)?,
             });
         }
         Ok(claimed)
