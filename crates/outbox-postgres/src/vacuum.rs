@@ -41,6 +41,21 @@ impl Vacuum {
         self.backlog.store(pending, Ordering::Relaxed);
     }
 
+    /// Counts `n` deleted rows; true when a vacuum is to start now: `every`, and at least the
+    /// last sampled backlog, were deleted since the last one started, and none is running.
+    fn start(&self, n: usize, every: u64) -> bool {
+        let total = self.deleted.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let due = every.max(self.backlog.load(Ordering::Relaxed));
+        if total < due || self.refused.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.running.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.deleted.store(0, Ordering::Relaxed);
+        true
+    }
+
     /// Counts `n` deleted rows; starts a vacuum when `every`, and at least the last sampled
     /// backlog, were deleted since the last one and none is running.
     pub(crate) fn deleted(
@@ -53,15 +68,9 @@ impl Vacuum {
         let Some(every) = outbox.config().vacuum_every else {
             return;
         };
-        let total = self.deleted.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        let due = every.max(self.backlog.load(Ordering::Relaxed));
-        if total < due || self.refused.load(Ordering::Relaxed) {
+        if !self.start(n, every) {
             return;
         }
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.deleted.store(0, Ordering::Relaxed);
         let this = Arc::clone(self);
         let statement = outbox.sql().vacuum.clone();
         let mut db = db.clone();
@@ -103,4 +112,32 @@ async fn run(
     drop(client);
     let _ = driver.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vacuum_is_due_after_every_deletes_or_the_backlog_if_larger() {
+        let vacuum = Vacuum::default();
+        assert!(!vacuum.start(40, 100));
+        assert!(vacuum.start(60, 100));
+        // Running: none starts, and the deletes meanwhile count towards the next one.
+        assert!(!vacuum.start(100, 100));
+        vacuum.running.store(false, Ordering::Release);
+        assert!(vacuum.start(0, 100));
+        vacuum.running.store(false, Ordering::Release);
+
+        // A backlog of 1,000: a vacuum once 1,000 rows were deleted, not 100.
+        vacuum.backlog(1_000);
+        assert!(!vacuum.start(999, 100));
+        assert!(vacuum.start(1, 100));
+        vacuum.running.store(false, Ordering::Release);
+
+        // Refused once: never again.
+        vacuum.backlog(0);
+        vacuum.refused.store(true, Ordering::Relaxed);
+        assert!(!vacuum.start(1_000, 100));
+    }
 }

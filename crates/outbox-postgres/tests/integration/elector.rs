@@ -74,6 +74,54 @@ async fn a_store_with_an_elector_refuses_work_until_it_leads() {
     assert!(matches!(claim_error(&store).await, CoreError::NotLeader));
 }
 
+/// A leader counts its backlog on a connection of its own, beside the session its claims run
+/// on; the connection closes when the term ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_is_counted_beside_the_leader_session_while_leading() {
+    let f = Fixture::new().await;
+    let store = f.store();
+    let elector = store.elector();
+    assert!(matches!(
+        store.backlog().await.unwrap_err(),
+        CoreError::NotLeader
+    ));
+    let leadership = elector.campaign().await.unwrap();
+    f.outbox
+        .enqueue(&f.client, &message(Some("a"), 1))
+        .await
+        .unwrap();
+    assert_eq!(store.backlog().await.unwrap().unwrap().pending, 1);
+    let stats = format!("outbox-stats {}", f.db.schema());
+    let connections = || async {
+        f.client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&stats],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, i32>(0))
+            .collect::<Vec<_>>()
+    };
+    let counting = connections().await;
+    assert_eq!(counting.len(), 1, "{counting:?}");
+    let holders = f.lock_holders().await;
+    assert!(holders.iter().all(|(pid, _)| *pid != counting[0]));
+
+    drop(leadership);
+    within(
+        Duration::from_secs(5),
+        "the backlog connection to close",
+        async {
+            while !connections().await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigning_right_after_resigning_starts_a_clean_term() {
     let f = Fixture::new().await;
