@@ -50,7 +50,7 @@ demo: ## end to end: leader, 5000 orders from a replica, subscriber checks them 
 	bash scripts/demo.sh
 
 bench: ## benchmark scenarios as JSON lines, also appended to target/bench/results.jsonl (ARGS=--quick: under a minute)
-	cargo run --release -p outbox-bench -- $(or $(ARGS),--repeat 3)
+	cargo run --release -p outbox-bench -- $(or $(ARGS),--repeat 5)
 
 fmt: ## format the workspace
 	cargo fmt --all
