@@ -114,8 +114,9 @@ pub struct PgConfig {
     /// 3 probes: a vanished peer is noticed within about 11 s).
     pub keepalive: Keepalive,
     /// `application_name` of the store's sessions, shown in `pg_stat_activity`.
-    /// Default: `None`, meaning `"outbox-relay <schema>"` (and `"outbox-listen <schema>"` for the
-    /// `LISTEN` connection).
+    /// Default: `None`, meaning `"outbox-relay <schema>"` (and `"outbox-listen <schema>"`,
+    /// `"outbox-stats <schema>"`, `"outbox-vacuum <schema>"` for the `LISTEN`, backlog and
+    /// vacuum connections).
     pub application_name: Option<String>,
     /// Largest message [`PgOutbox::enqueue`](crate::PgOutbox::enqueue) accepts, in bytes, as
     /// [`Message::wire_size`](outbox_core::Message::wire_size) counts it: payload and headers,
@@ -474,6 +475,7 @@ mod tests {
         );
         assert_eq!(c.session_name(), "outbox-relay outbox");
         assert_eq!(c.listener_name(), "outbox-listen outbox");
+        assert_eq!(c.stats_name(), "outbox-stats outbox");
         assert_eq!(c.channel(), "outbox_outbox");
         c.validate().unwrap();
     }
