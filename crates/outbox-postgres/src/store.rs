@@ -316,6 +316,25 @@ impl PgStore {
         Some((leadership, term))
     }
 
+    /// Counts the backlog on the store's backlog connection, opening it if needed.
+    async fn count_backlog(&self) -> Result<Backlog, Error> {
+        let mut stats = self.inner.stats.lock().await;
+        let client = match stats.take().filter(|c| !c.is_closed()) {
+            Some(client) => stats.insert(client),
+            None => stats.insert(self.connect_stats().await?),
+        };
+        let row = client
+            .query_one(&self.inner.outbox.sql().backlog, &[])
+            .await
+            .map_err(Error::query("backlog"))?;
+        let pending: i64 = column(&row, "pending", "backlog")?;
+        let lag: f64 = column(&row, "lag_seconds", "backlog")?;
+        Ok(Backlog::new(
+            u64::try_from(pending).unwrap_or(0),
+            Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),
+        ))
+    }
+
     /// Opens the connection the backlog is counted on.
     async fn connect_stats(&self) -> Result<tokio_postgres::Client, Error> {
         let config = self.inner.outbox.config();
@@ -447,24 +466,11 @@ impl Store for PgStore {
     async fn backlog(&self) -> Result<Option<Backlog>, outbox_core::Error> {
         // Only a leader samples: with an elector, a store that does not lead refuses.
         drop(self.working_session().await?);
-        let mut stats = self.inner.stats.lock().await;
-        let client = match stats.take().filter(|c| !c.is_closed()) {
-            Some(client) => stats.insert(client),
-            None => stats.insert(self.connect_stats().await?),
-        };
-        let row = client
-            .query_one(&self.inner.outbox.sql().backlog, &[])
-            .await
-            .map_err(Error::query("backlog"))?;
-        let pending: i64 = column(&row, "pending", "backlog")?;
-        let lag: f64 = column(&row, "lag_seconds", "backlog")?;
-        self.inner
-            .vacuum
-            .backlog(u64::try_from(pending).unwrap_or(0));
-        Ok(Some(Backlog::new(
-            u64::try_from(pending).unwrap_or(0),
-            Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),
-        )))
+        let counted = self.count_backlog().await;
+        // A backlog that cannot be counted any more must not keep deferring the vacuum.
+        let pending = counted.as_ref().map_or(0, |backlog| backlog.pending);
+        self.inner.vacuum.backlog(pending);
+        Ok(Some(counted?))
     }
 
     /// With a [retention](crate::PgConfig::retention), purges published messages older than
