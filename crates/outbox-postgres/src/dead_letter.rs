@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use crate::outbox::{attempts_from_row, column, message_from_row};
+use crate::outbox::{MessageColumns, column};
 use crate::{Error, Executor, PgOutbox};
 
 /// The longest [`DeadLetterFilter::older_than`] honoured as given; longer ones mean this long.
@@ -189,6 +189,25 @@ enum Bulk {
 /// outbox.purge_dead_letters_matching(&client, &stale, 1000, |_| {}).await?;
 /// # Ok(()) }
 /// ```
+/// The dead letters of a listing's rows.
+fn dead_letters_from_rows(rows: &[Row]) -> Result<Vec<DeadLetter>, Error> {
+    const OP: &str = "list dead letters";
+    let Some(columns) = rows.first().map(MessageColumns::of).transpose()? else {
+        return Ok(Vec::new());
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                seq: columns.seq(row)?,
+                attempts: columns.attempts(row)?,
+                error: column(row, "error", OP)?,
+                failed_at: column(row, "failed_at", OP)?,
+                message: columns.message(row)?,
+            })
+        })
+        .collect()
+}
+
 impl PgOutbox {
     /// Up to `limit` dead letters, oldest failure first, skipping the first `offset`.
     pub async fn dead_letters<C: Executor + ?Sized>(
@@ -205,18 +224,7 @@ impl PgOutbox {
             .query_typed(&self.sql().list_dead_letters, &params)
             .await
             .map_err(Error::query("list dead letters"))?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = column(row, "seq", "list dead letters")?;
-                Ok(DeadLetter {
-                    seq,
-                    attempts: attempts_from_row(row)?,
-                    error: column(row, "error", "list dead letters")?,
-                    failed_at: column(row, "failed_at", "list dead letters")?,
-                    message: message_from_row(row, seq)?,
-                })
-            })
-            .collect()
+        dead_letters_from_rows(&rows)
     }
 
     /// The number of dead letters.
@@ -304,18 +312,7 @@ impl PgOutbox {
             )
             .await
             .map_err(Error::query(OP))?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = column(row, "seq", OP)?;
-                Ok(DeadLetter {
-                    seq,
-                    attempts: attempts_from_row(row)?,
-                    error: column(row, "error", OP)?,
-                    failed_at: column(row, "failed_at", OP)?,
-                    message: message_from_row(row, seq)?,
-                })
-            })
-            .collect()
+        dead_letters_from_rows(&rows)
     }
 
     /// The number of dead letters matching `filter`.

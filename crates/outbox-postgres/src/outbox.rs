@@ -648,11 +648,6 @@ pub(crate) fn column<'a, T: FromSql<'a>>(
     row.try_get(name).map_err(Error::query(operation))
 }
 
-/// Rebuilds the message stored in `row` (columns id, subject, key, payload, headers, created_at).
-pub(crate) fn message_from_row(row: &Row, _seq: i64) -> Result<Message, Error> {
-    MessageColumns::of(row)?.message(row)
-}
-
 /// Where a result holds the columns of a stored message: found by name once, then read by
 /// position from every row of the result (a lookup by name compares the name with every
 /// column's, for every value read).
@@ -751,9 +746,4 @@ impl<'a> FromSql<'a> for StoredHeaders {
     fn accepts(ty: &Type) -> bool {
         <Json<Headers> as FromSql>::accepts(ty)
     }
-}
-
-/// Reads the attempts of the message stored in `row`.
-pub(crate) fn attempts_from_row(row: &Row) -> Result<u32, Error> {
-    MessageColumns::of(row)?.attempts(row)
 }
