@@ -108,93 +108,56 @@ macro_rules! tokio_postgres_executor {
 tokio_postgres_executor!(tokio_postgres::Client);
 tokio_postgres_executor!(tokio_postgres::Transaction<'_>);
 
+/// The `deadpool-postgres` client and transaction: they run what the `tokio-postgres` value
+/// they wrap runs, and prepare from the connection's statement cache.
 #[cfg(feature = "deadpool")]
-impl sealed::Sealed for deadpool_postgres::Object {}
-#[cfg(feature = "deadpool")]
-impl Executor for deadpool_postgres::Object {
-    fn query_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        let client: &tokio_postgres::Client = self;
-        Executor::query_typed(client, statement, params)
-    }
+macro_rules! deadpool_executor {
+    ($t:ty, wraps $inner:ty) => {
+        impl sealed::Sealed for $t {}
+        impl Executor for $t {
+            fn query_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                params: &'a [(&'a (dyn ToSql + Sync), Type)],
+            ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+                let inner: &$inner = self;
+                Executor::query_typed(inner, statement, params)
+            }
 
-    fn execute_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        let client: &tokio_postgres::Client = self;
-        Executor::execute_typed(client, statement, params)
-    }
+            fn execute_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                params: &'a [(&'a (dyn ToSql + Sync), Type)],
+            ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
+                let inner: &$inner = self;
+                Executor::execute_typed(inner, statement, params)
+            }
 
-    fn prepare_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        types: &'a [Type],
-    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
-        let client: &deadpool_postgres::ClientWrapper = self;
-        Box::pin(client.prepare_typed_cached(statement, types))
-    }
+            fn prepare_typed<'a>(
+                &'a self,
+                statement: &'a str,
+                types: &'a [Type],
+            ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
+                Box::pin(self.prepare_typed_cached(statement, types))
+            }
 
-    fn caches_statements(&self) -> bool {
-        true
-    }
+            fn caches_statements(&self) -> bool {
+                true
+            }
 
-    fn query_prepared<'a>(
-        &'a self,
-        statement: &'a Statement,
-        params: &'a [&'a (dyn ToSql + Sync)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        let client: &tokio_postgres::Client = self;
-        Executor::query_prepared(client, statement, params)
-    }
+            fn query_prepared<'a>(
+                &'a self,
+                statement: &'a Statement,
+                params: &'a [&'a (dyn ToSql + Sync)],
+            ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+                let inner: &$inner = self;
+                Executor::query_prepared(inner, statement, params)
+            }
+        }
+    };
 }
 
 #[cfg(feature = "deadpool")]
-impl sealed::Sealed for deadpool_postgres::Transaction<'_> {}
+deadpool_executor!(deadpool_postgres::Object, wraps tokio_postgres::Client);
 #[cfg(feature = "deadpool")]
-impl Executor for deadpool_postgres::Transaction<'_> {
-    fn query_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        let transaction: &tokio_postgres::Transaction<'_> = self;
-        Executor::query_typed(transaction, statement, params)
-    }
-
-    fn execute_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        params: &'a [(&'a (dyn ToSql + Sync), Type)],
-    ) -> BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        let transaction: &tokio_postgres::Transaction<'_> = self;
-        Executor::execute_typed(transaction, statement, params)
-    }
-
-    fn prepare_typed<'a>(
-        &'a self,
-        statement: &'a str,
-        types: &'a [Type],
-    ) -> BoxFuture<'a, Result<Statement, tokio_postgres::Error>> {
-        Box::pin(deadpool_postgres::Transaction::prepare_typed_cached(
-            self, statement, types,
-        ))
-    }
-
-    fn caches_statements(&self) -> bool {
-        true
-    }
-
-    fn query_prepared<'a>(
-        &'a self,
-        statement: &'a Statement,
-        params: &'a [&'a (dyn ToSql + Sync)],
-    ) -> BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>> {
-        let transaction: &tokio_postgres::Transaction<'_> = self;
-        Executor::query_prepared(transaction, statement, params)
-    }
-}
+deadpool_executor!(deadpool_postgres::Transaction<'_>, wraps tokio_postgres::Transaction<'_>);
