@@ -103,7 +103,7 @@ impl StreamSpec {
 ///
 /// [`Error::Config`] for an empty subject list or a zero duplicate window; [`Error::Stream`]
 /// when JetStream refuses (overlapping subjects, JetStream disabled: permanent) or does not
-/// answer (transient).
+/// answer or fails on its side with a 500 (transient).
 ///
 /// # Examples
 ///
@@ -184,12 +184,15 @@ fn already_exists(kind: CreateStreamErrorKind) -> bool {
 }
 
 fn stream_error(name: &str, e: jetstream::context::CreateStreamError) -> Error {
-    let transient = matches!(
-        e.kind(),
+    // A 500 is the server failing on its side (e.g. "error creating store for stream" when its
+    // file store could not be set up), not a refusal of the configuration: worth another try.
+    let transient = match e.kind() {
         CreateStreamErrorKind::TimedOut
-            | CreateStreamErrorKind::Response
-            | CreateStreamErrorKind::JetStreamUnavailable
-    );
+        | CreateStreamErrorKind::Response
+        | CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(api) => api.code() >= 500,
+        _ => false,
+    };
     Error::stream(name, transient, e)
 }
 

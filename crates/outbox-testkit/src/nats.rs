@@ -53,22 +53,7 @@ impl TestNats {
                  (`nats-server -js`, `make up` or `scripts/services.sh`) or set NATS_URL."
             )
         });
-        let suffix = crate::unique_suffix();
-        let stream_name = format!("T_{suffix}");
-        let prefix = format!("t{suffix}");
-        jetstream::new(client.clone())
-            .create_stream(stream::Config {
-                name: stream_name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot create a JetStream stream at {url} ({e}); is JetStream enabled (-js)?"
-                )
-            });
+        let (stream_name, prefix) = create_stream(&jetstream::new(client.clone()), url).await;
         Self {
             url: url.to_owned(),
             client,
@@ -150,6 +135,46 @@ impl TestNats {
         }
         self.stream_messages().await
     }
+}
+
+/// Creates a stream under fresh names and returns its name and subject prefix.
+///
+/// A server under load sometimes fails to create a stream's file store and answers only with a
+/// generic 500 ("error creating store for stream", the cause goes to its own log); nothing was
+/// created then, so a few more tries under new names, with a short pause, ride it out.
+async fn create_stream(js: &jetstream::Context, url: &str) -> (String, String) {
+    const TRIES: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        let suffix = crate::unique_suffix();
+        let (name, prefix) = (format!("T_{suffix}"), format!("t{suffix}"));
+        let created = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{prefix}.>")],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => return (name, prefix),
+            Err(e) if attempt < TRIES && is_server_failure(&e) => {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => panic!(
+                "cannot create a JetStream stream at {url} after {attempt} tries ({e}); is \
+                 JetStream enabled (-js), and what does the server's log say?"
+            ),
+        }
+    }
+}
+
+fn is_server_failure(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e) if e.code() >= 500
+    )
 }
 
 async fn read_stream(js: &jetstream::Context, name: &str, n: usize) -> Vec<Received> {
