@@ -7,7 +7,7 @@ use outbox_core::Message;
 use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
-use crate::outbox::{ENQUEUE_BATCH_TYPES, ENQUEUE_TYPES, Plan};
+use crate::outbox::{ENQUEUE_BATCH_TYPES, ENQUEUE_TYPES, PARAMS_NOW, Plan, due_now};
 use crate::{Error, Executor, PgOutbox};
 
 /// How many joined statements an [`Enqueuer`] keeps.
@@ -67,11 +67,14 @@ pub struct Enqueuer {
 struct Inner {
     outbox: PgOutbox,
     enqueue: Statement,
+    /// The enqueue of a message due at once.
+    enqueue_now: Statement,
     enqueue_batch: Statement,
     /// The `pg_notify` of [`WakeUp::Listen`](crate::WakeUp::Listen); `None` in Poll mode.
     notify: Option<Statement>,
-    /// The joined statements of [`Enqueuer::execute_and_enqueue`], by the caller's statement.
-    joined: Mutex<HashMap<String, Statement>>,
+    /// The joined statements of [`Enqueuer::execute_and_enqueue`], by the caller's statement:
+    /// for scheduled messages first, then for messages due at once.
+    joined: Mutex<[HashMap<String, Statement>; 2]>,
 }
 
 impl Enqueuer {
@@ -83,8 +86,12 @@ impl Enqueuer {
         message: &Message,
     ) -> Result<i64, Error> {
         let inner = &*self.inner;
-        let plan = Plan::Prepared {
-            statement: &inner.enqueue,
+        let plan = |due_now| Plan::Prepared {
+            statement: if due_now {
+                &inner.enqueue_now
+            } else {
+                &inner.enqueue
+            },
             notify: inner.notify.as_ref(),
         };
         inner.outbox.enqueue_with(client, message, plan).await
@@ -120,19 +127,21 @@ impl Enqueuer {
     ) -> Result<Option<i64>, Error> {
         let inner = &*self.inner;
         inner.outbox.check(message)?;
-        let known = self.joined().get(statement).cloned();
+        let due_now = due_now(message);
+        let known = self.joined()[usize::from(due_now)].get(statement).cloned();
         let prepared = match known {
             Some(prepared) => prepared,
             None => {
                 let sql = inner
                     .outbox
                     .sql()
-                    .write_and_enqueue(statement, params.len());
+                    .write_and_enqueue(statement, params.len(), due_now);
                 let prepared = client
                     .prepare_typed(&sql, &[])
                     .await
                     .map_err(Error::query("prepare write and enqueue"))?;
                 let mut joined = self.joined();
+                let joined = &mut joined[usize::from(due_now)];
                 // Texts are meant to be fixed, values travel as parameters; a caller that
                 // builds texts anyway must not grow the cache without bound.
                 if joined.len() >= JOINED_STATEMENTS {
@@ -148,7 +157,7 @@ impl Enqueuer {
             .await
     }
 
-    fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+    fn joined(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Statement>; 2]> {
         // A cache of prepared statements: consistent after every insert, so keep using it
         // after a panic elsewhere.
         self.inner
@@ -172,8 +181,9 @@ impl PgOutbox {
     /// client or transaction, the statements come from the connection's statement cache.
     pub async fn prepare<C: Executor + ?Sized>(&self, client: &C) -> Result<Enqueuer, Error> {
         let sql = self.sql();
-        let ((enqueue, notify), enqueue_batch) = futures::try_join!(
+        let ((enqueue, notify), enqueue_now, enqueue_batch) = futures::try_join!(
             self.prepare_with_notify(client, &sql.enqueue, &ENQUEUE_TYPES),
+            client.prepare_typed(&sql.enqueue_now, &ENQUEUE_TYPES[..PARAMS_NOW]),
             client.prepare_typed(&sql.enqueue_batch, &ENQUEUE_BATCH_TYPES),
         )
         .map_err(Error::query("prepare enqueue"))?;
@@ -181,6 +191,7 @@ impl PgOutbox {
             inner: Arc::new(Inner {
                 outbox: self.clone(),
                 enqueue,
+                enqueue_now,
                 enqueue_batch,
                 notify,
                 joined: Mutex::default(),

@@ -198,7 +198,8 @@ impl PgOutbox {
         client: &C,
         message: &Message,
     ) -> Result<i64, Error> {
-        self.enqueue_with(client, message, self.plan(client)).await
+        self.enqueue_with(client, message, |_| self.plan(client))
+            .await
     }
 
     /// Enqueues `messages` with one statement on `client`; returns their seqs, in the order of
@@ -225,22 +226,31 @@ impl PgOutbox {
         }
     }
 
-    /// [`enqueue`](PgOutbox::enqueue), with its statement sent as `plan` says.
-    pub(crate) async fn enqueue_with<C: Executor + ?Sized>(
+    /// [`enqueue`](PgOutbox::enqueue), with its statement sent as `plan` says; `plan` is told
+    /// whether the message is due at once, which picks the statement.
+    pub(crate) async fn enqueue_with<'p, C: Executor + ?Sized>(
         &self,
         client: &C,
         message: &Message,
-        plan: Plan<'_>,
+        plan: impl FnOnce(bool) -> Plan<'p>,
     ) -> Result<i64, Error> {
         self.check(message)?;
         let params = OneParams::new(message);
+        let sql = self.sql();
+        let statement = if params.due_now() {
+            &sql.enqueue_now
+        } else {
+            &sql.enqueue
+        };
+        let values = params.values();
+        let bound = params.bound();
         let rows = self
             .run(
                 client,
-                &self.sql().enqueue,
-                &ENQUEUE_TYPES,
-                &params.values(),
-                plan,
+                statement,
+                &ENQUEUE_TYPES[..bound],
+                &values[..bound],
+                plan(params.due_now()),
             )
             .await
             .map_err(Error::query("enqueue"))?;
@@ -286,14 +296,17 @@ impl PgOutbox {
         &self,
         client: &C,
         sql: &str,
-        types: &[Type; PARAMS],
-        values: &[&(dyn ToSql + Sync); PARAMS],
+        types: &[Type],
+        values: &[&(dyn ToSql + Sync)],
         plan: Plan<'_>,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         match plan {
             Plan::Typed => {
-                let typed: [(&(dyn ToSql + Sync), Type); PARAMS] =
-                    std::array::from_fn(|i| (values[i], types[i].clone()));
+                let typed: Vec<(&(dyn ToSql + Sync), Type)> = values
+                    .iter()
+                    .zip(types)
+                    .map(|(value, ty)| (*value, ty.clone()))
+                    .collect();
                 self.with_notify(client, client.query_typed(sql, &typed))
                     .await
             }
@@ -400,7 +413,9 @@ impl PgOutbox {
         message: &Message,
     ) -> Result<Option<i64>, Error> {
         self.check(message)?;
-        let sql = self.sql().write_and_enqueue(statement, params.len());
+        let sql = self
+            .sql()
+            .write_and_enqueue(statement, params.len(), due_now(message));
         let (prepared, notify) = self
             .prepare_with_notify(client, &sql, &[])
             .await
@@ -423,7 +438,7 @@ impl PgOutbox {
         let ours = OneParams::new(message);
         let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + PARAMS);
         values.extend_from_slice(params);
-        values.extend_from_slice(&ours.values());
+        values.extend_from_slice(&ours.values()[..ours.bound()]);
         let rows = self
             .run_prepared(client, prepared, notify, &values)
             .await
@@ -495,6 +510,10 @@ pub(crate) enum Plan<'s> {
 /// How many parameters the enqueue statements take.
 const PARAMS: usize = 8;
 
+/// How many of them the statements for a message due at once take: the first six, without the
+/// schedule.
+pub(crate) const PARAMS_NOW: usize = 6;
+
 /// The parameter types of `enqueue`, in the order of [`OneParams::values`].
 pub(crate) static ENQUEUE_TYPES: [Type; PARAMS] = [
     Type::UUID,
@@ -548,6 +567,16 @@ impl<'m> OneParams<'m> {
             at,
             delay_us,
         }
+    }
+
+    /// Whether the message is due at once, so that the statements without its schedule apply.
+    fn due_now(&self) -> bool {
+        self.at.is_none() && self.delay_us == 0
+    }
+
+    /// How many of [`values`](OneParams::values) the statement for this message binds.
+    fn bound(&self) -> usize {
+        if self.due_now() { PARAMS_NOW } else { PARAMS }
     }
 
     /// The parameters, of [`ENQUEUE_TYPES`].
@@ -605,6 +634,12 @@ impl<'m> BatchParams<'m> {
             &self.delay_us,
         ]
     }
+}
+
+/// Whether `message` is due at once (no schedule, or a zero delay): it is then enqueued by the
+/// statements that leave `available_at` and `delayed` to their defaults.
+pub(crate) fn due_now(message: &Message) -> bool {
+    OneParams::new(message).due_now()
 }
 
 /// The `available_at` parameters of a message: an absolute time, or a delay in microseconds

@@ -474,3 +474,76 @@ async fn a_joined_write_notifies_in_listen_mode() {
     assert_eq!(f.pending().await.len(), 2);
     assert_eq!(balance(&f, &table).await, 98);
 }
+
+/// Every way of enqueueing one message picks the statement by its schedule: a message due at once
+/// is stored as not delayed and due now, a scheduled one as delayed until its time, whichever
+/// statement (typed, cached, prepared, joined with a write) carries it.
+#[tokio::test]
+async fn every_single_enqueue_stores_the_schedule_it_was_given() {
+    let f = Fixture::new().await;
+    let table = accounts(&f).await;
+    let debit = format!("UPDATE {table} SET balance = balance - $1 WHERE id = $2 RETURNING 1");
+    let pool = pool(&f);
+    let pooled = pool.get().await.unwrap();
+    let enqueuer = f.outbox.prepare(&f.client).await.unwrap();
+    let schedules = [None, Some(Duration::ZERO), Some(Duration::from_secs(3600))];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&1_i64, &1_i64];
+
+    let mut expected = Vec::new();
+    for (path, delay) in (0..5).flat_map(|path| schedules.map(|delay| (path, delay))) {
+        let builder = Message::builder(format!("schedule.p{path}")).payload("x");
+        let message = match delay {
+            Some(delay) => builder.delay(delay),
+            None => builder,
+        }
+        .build()
+        .unwrap();
+        let seq = match path {
+            0 => f.outbox.enqueue(&f.client, &message).await.unwrap(),
+            1 => f.outbox.enqueue(&pooled, &message).await.unwrap(),
+            2 => enqueuer.enqueue(&f.client, &message).await.unwrap(),
+            3 => f
+                .outbox
+                .execute_and_enqueue(&f.client, &debit, &params, &message)
+                .await
+                .unwrap()
+                .unwrap(),
+            _ => enqueuer
+                .execute_and_enqueue(&f.client, &debit, &params, &message)
+                .await
+                .unwrap()
+                .unwrap(),
+        };
+        expected.push((seq, delay.is_some_and(|d| !d.is_zero())));
+    }
+
+    let rows = f
+        .client
+        .query(
+            &format!(
+                "SELECT seq, delayed, available_at > now() + interval '59 minutes' AS later,
+                        available_at <= now() AS due
+                 FROM {}.messages ORDER BY seq",
+                f.db.schema()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(i64, bool)> = rows
+        .iter()
+        .map(|row| {
+            let delayed: bool = row.get("delayed");
+            let (later, due): (bool, bool) = (row.get("later"), row.get("due"));
+            assert_eq!(
+                (later, due),
+                (delayed, !delayed),
+                "seq {}",
+                row.get::<_, i64>("seq")
+            );
+            (row.get("seq"), delayed)
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    assert_eq!(balance(&f, &table).await, 100 - 6);
+}
