@@ -148,6 +148,25 @@ enum Bulk {
     Purge,
 }
 
+/// The dead letters of a listing's rows.
+fn dead_letters_from_rows(rows: &[Row]) -> Result<Vec<DeadLetter>, Error> {
+    const OP: &str = "list dead letters";
+    let Some(columns) = rows.first().map(MessageColumns::of).transpose()? else {
+        return Ok(Vec::new());
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                seq: columns.seq(row)?,
+                attempts: columns.attempts(row)?,
+                error: column(row, "error", OP)?,
+                failed_at: column(row, "failed_at", OP)?,
+                message: columns.message(row)?,
+            })
+        })
+        .collect()
+}
+
 /// # Dead letters
 ///
 /// A message lands in `<schema>.dead_letters` after its last allowed attempt or a permanent
@@ -189,25 +208,6 @@ enum Bulk {
 /// outbox.purge_dead_letters_matching(&client, &stale, 1000, |_| {}).await?;
 /// # Ok(()) }
 /// ```
-/// The dead letters of a listing's rows.
-fn dead_letters_from_rows(rows: &[Row]) -> Result<Vec<DeadLetter>, Error> {
-    const OP: &str = "list dead letters";
-    let Some(columns) = rows.first().map(MessageColumns::of).transpose()? else {
-        return Ok(Vec::new());
-    };
-    rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                seq: columns.seq(row)?,
-                attempts: columns.attempts(row)?,
-                error: column(row, "error", OP)?,
-                failed_at: column(row, "failed_at", OP)?,
-                message: columns.message(row)?,
-            })
-        })
-        .collect()
-}
-
 impl PgOutbox {
     /// Up to `limit` dead letters, oldest failure first, skipping the first `offset`.
     pub async fn dead_letters<C: Executor + ?Sized>(
