@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use async_nats::jetstream::stream;
 use futures::StreamExt;
-use outbox_testkit::{NatsServer, TestNats};
+use outbox_testkit::{NatsServer, TestNats, create_stream};
 
 use common::{Pipe, args, free_port, on, publish, run, run_until_timeout, spawn};
 
@@ -443,14 +444,16 @@ async fn a_missing_stream_is_waited_for() {
     sub.wait_for(Pipe::Stderr, "not found", WAIT).await;
 
     let js = nats.jetstream();
-    // A loaded server sometimes fails to set up a stream's store (a 500, transient): try again.
-    let spec = outbox_nats::StreamSpec::new(name.as_str(), [filter.as_str()]);
-    let mut tries = 0;
-    while let Err(e) = outbox_nats::ensure_stream(&js, &spec).await {
-        tries += 1;
-        assert!(e.is_transient() && tries < 5, "create the late stream: {e}");
-        tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-    }
+    create_stream(
+        &js,
+        stream::Config {
+            name: name.clone(),
+            subjects: vec![filter.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create the late stream");
     publish(&js, format!("{prefix}.created"), Some("m1"), Some("k"), 1).await;
     publish(&js, format!("{prefix}.created"), Some("m2"), Some("k"), 2).await;
     let done = sub.finish().await;

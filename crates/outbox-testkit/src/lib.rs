@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`TestDatabase`] | a fresh schema name on the PostgreSQL of `DATABASE_URL`, dropped afterwards |
 //! | [`TestNats`] | a fresh JetStream stream and subject prefix on the NATS of `NATS_URL`, deleted afterwards |
+//! | [`create_stream`] | a JetStream stream of the test's own, created through a loaded server's passing failures |
 //! | [`NatsServer`] | a `nats-server` child process on a free port, to kill and restart |
 //! | [`ConfiguredNatsServer`] | a `nats-server` started from a configuration of the test's own (TLS, users, operator mode) |
 //! | [`PgCluster`] | a throwaway PostgreSQL cluster (`initdb`, own `pg_hba.conf`, TLS) on a free port |
@@ -46,7 +47,7 @@ pub use check::{
 };
 pub use database::{DEFAULT_DATABASE_URL, SchemaGuard, TestDatabase};
 pub use faulty::{FaultyBroker, FaultyStore};
-pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats};
+pub use nats::{DEFAULT_NATS_URL, NatsServer, TestNats, create_stream};
 pub use nats_config::ConfiguredNatsServer;
 pub use postgres_server::{PgCluster, PgClusterConfig};
 pub use received::Received;

@@ -53,7 +53,23 @@ impl TestNats {
                  (`nats-server -js`, `make up` or `scripts/services.sh`) or set NATS_URL."
             )
         });
-        let (stream_name, prefix) = create_stream(&jetstream::new(client.clone()), url).await;
+        let suffix = crate::unique_suffix();
+        let stream_name = format!("T_{suffix}");
+        let prefix = format!("t{suffix}");
+        let config = stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        create_stream(&jetstream::new(client.clone()), config)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create a JetStream stream at {url} ({e}); is JetStream enabled \
+                     (-js), and what does the server's log say?"
+                )
+            });
         Self {
             url: url.to_owned(),
             client,
@@ -137,35 +153,45 @@ impl TestNats {
     }
 }
 
-/// Creates a stream under fresh names and returns its name and subject prefix.
+/// Creates the stream of `config` on `js`, trying again while the server fails on its side.
 ///
-/// A server under load sometimes fails to create a stream's file store and answers only with a
-/// generic 500 ("error creating store for stream", the cause goes to its own log); nothing was
-/// created then, so a few more tries under new names, with a short pause, ride it out.
-async fn create_stream(js: &jetstream::Context, url: &str) -> (String, String) {
-    const TRIES: u32 = 5;
+/// A server under load sometimes fails to set up a stream's file store and answers only with a
+/// generic 500 ("error creating store for stream"; the cause goes to its own log). Nothing was
+/// created then, so up to four more tries, 50 ms further apart each time, ride it out; any
+/// other error is returned at once.
+///
+/// # Errors
+///
+/// The server's answer when it refuses the stream, or still fails after five tries.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() {
+/// use async_nats::jetstream::{self, stream};
+///
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+/// let config = stream::Config {
+///     name: "ORDERS".to_owned(),
+///     subjects: vec!["orders.>".to_owned()],
+///     ..Default::default()
+/// };
+/// outbox_testkit::create_stream(&jetstream::new(client), config).await.unwrap();
+/// # }
+/// ```
+pub async fn create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    const TRIES: u64 = 5;
     let mut attempt = 1;
     loop {
-        let suffix = crate::unique_suffix();
-        let (name, prefix) = (format!("T_{suffix}"), format!("t{suffix}"));
-        let created = js
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(_) => return (name, prefix),
+        match js.create_stream(config.clone()).await {
             Err(e) if attempt < TRIES && is_server_failure(&e) => {
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 attempt += 1;
             }
-            Err(e) => panic!(
-                "cannot create a JetStream stream at {url} after {attempt} tries ({e}); is \
-                 JetStream enabled (-js), and what does the server's log say?"
-            ),
+            created => return created,
         }
     }
 }
