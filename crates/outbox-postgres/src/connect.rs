@@ -465,6 +465,20 @@ impl PgConnectOptions {
         })
     }
 
+    /// Why the replication stream of
+    /// [`EnqueueMode::WalMessage`](crate::EnqueueMode::WalMessage) cannot follow these options,
+    /// if it cannot: it has no TLS, so an `sslmode` that requires TLS rules it out.
+    pub(crate) fn replication_refusal(&self) -> Option<String> {
+        self.ssl_mode.requires_tls().then(|| {
+            format!(
+                "EnqueueMode::WalMessage streams WAL without TLS, and sslmode={} requires it: \
+                 use EnqueueMode::Insert, or a connection without TLS (a local socket, \
+                 sslmode=disable or prefer)",
+                self.ssl_mode
+            )
+        })
+    }
+
     /// The tokio-postgres settings (host, user, database, timeouts, ...). Its `ssl_mode` is
     /// the coarse one tokio-postgres knows; [`ssl_mode`](Self::ssl_mode) is the whole story.
     pub fn config(&self) -> &tokio_postgres::Config {

@@ -57,6 +57,12 @@ pub enum Error {
     /// `INSERT ... RETURNING`). Never transient.
     #[error("unexpected reply from postgresql: {0}")]
     Protocol(String),
+    /// The logical replication stream of
+    /// [`EnqueueMode::WalMessage`](crate::EnqueueMode::WalMessage) could not be opened or
+    /// broke off (the slot is in use by another session, the role lacks `REPLICATION`, the
+    /// server went away). Transient: the leading store reopens it.
+    #[error("wal replication stream: {0}")]
+    Replication(String),
     /// This store has an elector, and the elector does not hold the lock on the store's current
     /// session: claiming or completing is refused.
     #[error("not the leader: the leadership lock is not held by this store's session")]
@@ -77,7 +83,7 @@ impl Error {
             | Error::InvalidMessage(_)
             | Error::Decode { .. }
             | Error::Protocol(_) => false,
-            Error::Timeout(_) | Error::NotLeader => true,
+            Error::Timeout(_) | Error::NotLeader | Error::Replication(_) => true,
             Error::Connect(source) => is_transient(source),
             Error::Query { source, .. } | Error::Migration { source, .. } => is_transient(source),
         }

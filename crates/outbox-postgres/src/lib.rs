@@ -20,6 +20,7 @@
 //! | [`retention`] | published messages kept for [`PgConfig::retention`]: [`purge_published`](PgOutbox::purge_published) |
 //! | [`inbox`] | [`PgInbox`], [`InboxConfig`]: exactly-once processing on the consumer side, [`process`](PgInbox::process) and [`handle`](PgInbox::handle) |
 //! | [`status`] | [`OutboxStatus`], [`LeaderSession`]: [`status`](PgOutbox::status), [`leader`](PgOutbox::leader), [`schema_version`](PgOutbox::schema_version) |
+//! | [`wal`] | [`EnqueueMode::WalMessage`]: [`emit`](PgOutbox::emit) a message as a WAL record, which the leading store moves into the table through a logical replication slot |
 //! | [`error`] | [`Error`], classified transient or permanent |
 //!
 //! Everything lives in one schema (default `outbox`): `messages`, `dead_letters`, `published`
@@ -97,6 +98,7 @@ pub mod enqueuer;
 pub mod error;
 pub mod executor;
 pub mod inbox;
+mod ingest;
 mod listen;
 pub mod outbox;
 pub mod retention;
@@ -105,8 +107,9 @@ mod sql;
 pub mod status;
 pub mod store;
 mod vacuum;
+pub mod wal;
 
-pub use config::{Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
+pub use config::{EnqueueMode, Keepalive, PgConfig, PgConfigBuilder, WakeUp, validate_schema};
 pub use connect::{
     ConnectOptionsError, MakeRustlsConnect, PasswordSource, PgConnectOptions, PgConnection,
     RootCerts, SslMode,

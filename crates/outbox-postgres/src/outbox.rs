@@ -11,7 +11,7 @@ use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
 
 use crate::sql::{self, Sql};
-use crate::{Error, Executor, PgConfig, WakeUp};
+use crate::{EnqueueMode, Error, Executor, PgConfig, WakeUp};
 
 /// The outbox in one PostgreSQL schema: runs its migrations and enqueues messages.
 ///
@@ -72,6 +72,8 @@ struct Inner {
     config: PgConfig,
     sql: Sql,
     channel: String,
+    /// The prefix of the outbox's WAL messages (see the `wal` module).
+    wal_prefix: String,
 }
 
 impl PgOutbox {
@@ -83,12 +85,14 @@ impl PgOutbox {
     pub fn new(config: PgConfig) -> Result<Self, Error> {
         config.validate()?;
         let channel = config.channel();
+        let wal_prefix = config.wal_prefix();
         let sql = Sql::render(&config.schema, &channel, config.retention.is_some());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 sql,
                 channel,
+                wal_prefix,
             }),
         })
     }
@@ -104,6 +108,10 @@ impl PgOutbox {
 
     pub(crate) fn channel(&self) -> &str {
         &self.inner.channel
+    }
+
+    pub(crate) fn wal_prefix(&self) -> &str {
+        &self.inner.wal_prefix
     }
 
     /// Creates or upgrades the schema; returns the versions this call applied (empty when the
@@ -126,6 +134,9 @@ impl PgOutbox {
                     .batch_execute(sql::COMMIT)
                     .await
                     .map_err(Error::query("commit migration"))?;
+                if self.config().enqueue_mode == EnqueueMode::WalMessage {
+                    self.set_up_wal(client).await?;
+                }
                 Ok(applied)
             }
             Err(error) => {
@@ -218,7 +229,7 @@ impl PgOutbox {
     }
 
     /// How `enqueue` and `enqueue_batch` send their statement on `client`.
-    fn plan<C: Executor + ?Sized>(&self, client: &C) -> Plan<'static> {
+    pub(crate) fn plan<C: Executor + ?Sized>(&self, client: &C) -> Plan<'static> {
         if self.config().prepare_enqueue && client.caches_statements() {
             Plan::Cached
         } else {
@@ -234,6 +245,7 @@ impl PgOutbox {
         message: &Message,
         plan: impl FnOnce(bool) -> Plan<'p>,
     ) -> Result<i64, Error> {
+        self.require_insert("enqueue")?;
         self.check(message)?;
         let params = OneParams::new(message);
         let sql = self.sql();
@@ -270,6 +282,7 @@ impl PgOutbox {
         messages: &[Message],
         plan: Plan<'_>,
     ) -> Result<Vec<i64>, Error> {
+        self.require_insert("enqueue_batch")?;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -292,7 +305,7 @@ impl PgOutbox {
 
     /// Runs an enqueue statement (`sql`, whose parameters have `types`) with `values`, and its
     /// `pg_notify` in Listen mode, the way `plan` says.
-    async fn run<C: Executor + ?Sized>(
+    pub(crate) async fn run<C: Executor + ?Sized>(
         &self,
         client: &C,
         sql: &str,
@@ -412,6 +425,7 @@ impl PgOutbox {
         params: &[&(dyn ToSql + Sync)],
         message: &Message,
     ) -> Result<Option<i64>, Error> {
+        self.require_insert("execute_and_enqueue")?;
         self.check(message)?;
         let sql = self
             .sql()
@@ -595,7 +609,7 @@ impl<'m> OneParams<'m> {
 }
 
 /// The values `enqueue_batch` binds: one array per column.
-struct BatchParams<'m> {
+pub(crate) struct BatchParams<'m> {
     ids: Vec<Uuid>,
     subjects: Vec<&'m str>,
     keys: Vec<Option<&'m str>>,
@@ -607,7 +621,7 @@ struct BatchParams<'m> {
 }
 
 impl<'m> BatchParams<'m> {
-    fn new(messages: &'m [Message]) -> Self {
+    pub(crate) fn new(messages: &'m [Message]) -> Self {
         let (at, delay_us) = messages.iter().map(schedule).unzip();
         Self {
             ids: messages.iter().map(Message::id).collect(),
@@ -622,7 +636,7 @@ impl<'m> BatchParams<'m> {
     }
 
     /// The parameters, of [`ENQUEUE_BATCH_TYPES`].
-    fn values(&self) -> [&(dyn ToSql + Sync); PARAMS] {
+    pub(crate) fn values(&self) -> [&(dyn ToSql + Sync); PARAMS] {
         [
             &self.ids,
             &self.subjects,

@@ -37,6 +37,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "delayed",
         sql: include_str!("../migrations/0004_delayed.sql"),
     },
+    Migration {
+        version: 5,
+        name: "wal progress",
+        sql: include_str!("../migrations/0005_wal_progress.sql"),
+    },
 ];
 
 pub(crate) const BEGIN: &str = "BEGIN";
@@ -118,6 +123,42 @@ INSERT INTO {schema}.messages (id, subject, key, payload, headers, created_at)
 SELECT {p1}::uuid, {p2}::text, {p3}::text, {p4}::bytea, {p5}::jsonb, {p6}::timestamptz
 WHERE EXISTS (SELECT FROM business)
 RETURNING seq";
+
+/// The enqueue of [`EnqueueMode::WalMessage`](crate::EnqueueMode::WalMessage): one
+/// transactional logical decoding message ($1 the outbox's prefix, $2 the encoded messages),
+/// decoded only if and when the transaction commits.
+pub(crate) const EMIT: &str = "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)";
+
+/// [`EMIT`] joined with the caller's statement, as [`WRITE_AND_ENQUEUE`] is with the insert:
+/// one row if the message was emitted, none if the caller's statement returned no row.
+const WRITE_AND_EMIT: &str = "\
+WITH business AS (
+{statement}
+)
+SELECT pg_logical_emit_message(true, {p1}::text, {p2}::bytea)
+WHERE EXISTS (SELECT FROM business)";
+
+/// The ingest's position, locked for its transaction: a second ingest (a former leader's, still
+/// finishing) waits here and then sees what the first one inserted.
+const WAL_PROGRESS_LOCK: &str = "SELECT lsn FROM {schema}.wal_progress FOR UPDATE";
+
+const WAL_PROGRESS_READ: &str = "SELECT lsn FROM {schema}.wal_progress";
+
+const WAL_PROGRESS_SET: &str = "UPDATE {schema}.wal_progress SET lsn = $1";
+
+pub(crate) const WAL_LEVEL: &str = "SELECT current_setting('wal_level')";
+
+/// The slot named $1, if any: its plugin and database.
+pub(crate) const WAL_SLOT: &str = "\
+SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'";
+
+pub(crate) const CREATE_WAL_SLOT: &str =
+    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')";
+
+pub(crate) const DROP_WAL_SLOT: &str = "\
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1";
+
+pub(crate) const WAL_PUBLICATION: &str = "SELECT FROM pg_publication WHERE pubname = $1";
 
 /// Sent in the enqueuing transaction, so it is delivered at commit and never for a rollback.
 /// PostgreSQL folds identical notifications of one transaction into one.
@@ -432,6 +473,11 @@ pub(crate) struct Sql {
     write_and_enqueue: String,
     /// [`WRITE_AND_ENQUEUE_NOW`] with the schema filled in.
     write_and_enqueue_now: String,
+    /// [`WRITE_AND_EMIT`], see [`Sql::write_and_emit`].
+    write_and_emit: String,
+    pub(crate) wal_progress_lock: String,
+    pub(crate) wal_progress_read: String,
+    pub(crate) wal_progress_set: String,
     pub(crate) listen: String,
     pub(crate) claim: String,
     pub(crate) claim_gaps: String,
@@ -479,6 +525,17 @@ impl Sql {
         sql.replace("{statement}", statement)
     }
 
+    /// The caller's `statement`, which takes `params` parameters, joined with the emit of one
+    /// WAL message (parameters `params + 1` and `params + 2`).
+    pub(crate) fn write_and_emit(&self, statement: &str, params: usize) -> String {
+        let sql = self
+            .write_and_emit
+            .replace("{p1}", &format!("${}", params + 1))
+            .replace("{p2}", &format!("${}", params + 2));
+        let statement = statement.trim_end().trim_end_matches(';');
+        sql.replace("{statement}", statement)
+    }
+
     pub(crate) fn render(schema: &str, channel: &str, retaining: bool) -> Sql {
         let schema = quote_ident(schema);
         let r = |template: &str| {
@@ -496,6 +553,10 @@ impl Sql {
             enqueue_batch: r(ENQUEUE_BATCH),
             write_and_enqueue: r(WRITE_AND_ENQUEUE),
             write_and_enqueue_now: r(WRITE_AND_ENQUEUE_NOW),
+            write_and_emit: r(WRITE_AND_EMIT),
+            wal_progress_lock: r(WAL_PROGRESS_LOCK),
+            wal_progress_read: r(WAL_PROGRESS_READ),
+            wal_progress_set: r(WAL_PROGRESS_SET),
             listen: LISTEN.replace("{channel}", &quote_ident(channel)),
             claim: r(CLAIM),
             claim_gaps: r(CLAIM_GAPS),
@@ -533,7 +594,7 @@ impl Sql {
 
 /// Quotes an identifier. Names are validated before they get here; doubling quotes keeps this
 /// safe on its own.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -18,10 +18,11 @@ use crate::vacuum::Vacuum;
 /// long; a backlog of expired rows is worked off over several rounds.
 const HOUSEKEEPING_BATCHES: usize = 5;
 use crate::connect::Tls;
+use crate::ingest::{Ingest, Source};
 use crate::listen::Listener;
 use crate::outbox::{MessageColumns, column};
 use crate::session::Session;
-use crate::{Error, PgConnectOptions, PgElector, PgOutbox, WakeUp};
+use crate::{EnqueueMode, Error, PgConnectOptions, PgElector, PgOutbox, WakeUp};
 
 /// The PostgreSQL [`Store`]: claims due messages in `seq` order, deletes them once acknowledged,
 /// reschedules or dead-letters failures.
@@ -77,6 +78,8 @@ struct Inner {
     deleted: Mutex<Deleted>,
     /// When to vacuum `messages` (see the `vacuum` module).
     vacuum: Arc<Vacuum>,
+    /// The ingest of [`EnqueueMode::WalMessage`]; `None` in the insert mode.
+    ingest: Option<Ingest>,
     /// A connection of its own for the backlog sample, opened when first needed: counting a
     /// large backlog takes tens of milliseconds, which on the session would hold up claims.
     stats: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -115,17 +118,27 @@ impl PgStore {
     /// connects until the store or its elector is first used. Do not point `db` at a pooler in
     /// transaction mode: the leadership lock is a session lock.
     pub fn new(outbox: &PgOutbox, db: tokio_postgres::Config) -> PgStore {
-        Self::connecting(outbox, db, Tls::Plain)
+        Self::connecting(outbox, db, Tls::Plain, None)
     }
 
     /// A store for `outbox` whose sessions (and `LISTEN` connection) connect with `options`:
     /// TLS and certificate checks as its `sslmode` says, its password. Otherwise as
     /// [`new`](PgStore::new).
     pub fn with_connect_options(outbox: &PgOutbox, options: &PgConnectOptions) -> PgStore {
-        Self::connecting(outbox, options.config().clone(), Tls::Rustls(options.tls()))
+        Self::connecting(
+            outbox,
+            options.config().clone(),
+            Tls::Rustls(options.tls()),
+            options.replication_refusal(),
+        )
     }
 
-    fn connecting(outbox: &PgOutbox, db: tokio_postgres::Config, tls: Tls) -> PgStore {
+    fn connecting(
+        outbox: &PgOutbox,
+        db: tokio_postgres::Config,
+        tls: Tls,
+        stream_refusal: Option<String>,
+    ) -> PgStore {
         let config = outbox.config();
         let mut db = db;
         db.connect_timeout(config.connect_timeout)
@@ -141,6 +154,15 @@ impl PgStore {
                 Some(Listener::new(outbox, listen_db, tls.clone()))
             }
         };
+        let ingest = match config.enqueue_mode {
+            EnqueueMode::WalMessage => Some(Ingest::new(Source::new(
+                outbox,
+                &db,
+                tls.clone(),
+                stream_refusal,
+            ))),
+            _ => None,
+        };
         db.application_name(config.session_name());
         PgStore {
             inner: Arc::new(Inner {
@@ -154,6 +176,7 @@ impl PgStore {
                 connecting: tokio::sync::Mutex::new(()),
                 elected: AtomicBool::new(false),
                 listener,
+                ingest,
             }),
         }
     }
@@ -376,7 +399,13 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>, outbox_core::Error> {
+        if let Some(ingest) = &self.inner.ingest {
+            ingest.check()?;
+        }
         let session = self.working_session().await?;
+        if let Some(ingest) = &self.inner.ingest {
+            ingest.serve(&session);
+        }
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let gaps = self.deleted().gaps(request.exclude);
         let rows = match gaps {
@@ -499,9 +528,12 @@ impl Store for PgStore {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        match &self.inner.listener {
-            Some(listener) => listener.wait(timeout).await,
-            None => tokio::time::sleep(timeout).await,
+        match (&self.inner.listener, &self.inner.ingest) {
+            (Some(listener), _) => listener.wait(timeout).await,
+            (None, Some(ingest)) => {
+                let _ = tokio::time::timeout(timeout, ingest.inserted()).await;
+            }
+            (None, None) => tokio::time::sleep(timeout).await,
         }
     }
 }

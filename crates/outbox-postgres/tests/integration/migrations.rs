@@ -20,7 +20,13 @@ async fn migrating_twice_applies_once() {
         .collect();
     assert_eq!(
         tables,
-        ["dead_letters", "messages", "published", "schema_migrations"]
+        [
+            "dead_letters",
+            "messages",
+            "published",
+            "schema_migrations",
+            "wal_progress"
+        ]
     );
     let versions: Vec<i32> = client
         .query(
