@@ -88,6 +88,22 @@ struct Status {
     lock_id: i64,
     /// The session holding it, if any.
     leader: Option<Leader>,
+    /// The replication slot of the WAL enqueue mode, if the outbox has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_slot: Option<WalSlot>,
+}
+
+/// The outbox's replication slot (`EnqueueMode::WalMessage`), from `pg_replication_slots`.
+#[derive(Debug, Serialize)]
+struct WalSlot {
+    name: String,
+    /// Whether a leading relay's ingest streams it now.
+    active: bool,
+    /// WAL written since the ingest's last confirmed position.
+    unconfirmed_bytes: u64,
+    /// WAL the server keeps for the slot.
+    retained_bytes: u64,
+    wal_status: Option<String>,
 }
 
 /// The session holding the leadership lock, from `pg_stat_activity`. Fields the connected role
@@ -139,6 +155,10 @@ async fn read_status(outbox: &PgOutbox, client: &tokio_postgres::Client) -> anyh
         .leader(client)
         .await
         .map_err(|e| query_failed("looking up the leader", schema, &e))?;
+    let wal_slot = outbox
+        .wal_slot_status(client)
+        .await
+        .map_err(|e| query_failed("reading the replication slot", schema, &e))?;
     Ok(Status {
         schema: schema.clone(),
         schema_version: figures.schema_version,
@@ -151,6 +171,13 @@ async fn read_status(outbox: &PgOutbox, client: &tokio_postgres::Client) -> anyh
         dead_letters: figures.dead_letters,
         lock_id: outbox.config().lock_id(),
         leader: leader.map(Leader::from),
+        wal_slot: wal_slot.map(|slot| WalSlot {
+            name: slot.name,
+            active: slot.active,
+            unconfirmed_bytes: slot.unconfirmed_bytes,
+            retained_bytes: slot.retained_bytes,
+            wal_status: slot.wal_status,
+        }),
     })
 }
 
@@ -221,9 +248,39 @@ fn render_status(s: &Status, database: &str) -> String {
         }
     };
     lines.push(format!("  leader           {leader}"));
+    if let Some(slot) = &s.wal_slot {
+        lines.push(format!(
+            "  wal slot         {}: {}, {} unconfirmed, {} kept ({})",
+            slot.name,
+            if slot.active {
+                "streamed"
+            } else {
+                "not streamed"
+            },
+            bytes(slot.unconfirmed_bytes),
+            bytes(slot.retained_bytes),
+            slot.wal_status.as_deref().unwrap_or("unknown"),
+        ));
+    }
     let mut out = lines.join("\n");
     out.push('\n');
     out
+}
+
+/// A byte count in the largest unit that keeps it above 1.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn query_failed(what: &str, schema: &str, error: &outbox_postgres::Error) -> anyhow::Error {
@@ -252,7 +309,28 @@ mod tests {
             dead_letters: 4,
             lock_id: 42,
             leader,
+            wal_slot: None,
         }
+    }
+
+    #[test]
+    fn a_wal_slot_is_reported_with_what_it_keeps() {
+        let mut s = status(None);
+        assert!(!render_status(&s, "db").contains("wal slot"));
+        s.wal_slot = Some(WalSlot {
+            name: "outbox_outbox".into(),
+            active: true,
+            unconfirmed_bytes: 512,
+            retained_bytes: 3 * 1024 * 1024 + 512 * 1024,
+            wal_status: Some("reserved".into()),
+        });
+        let text = render_status(&s, "db");
+        assert!(
+            text.contains(
+                "  wal slot         outbox_outbox: streamed, 512 B unconfirmed, 3.5 MiB kept (reserved)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

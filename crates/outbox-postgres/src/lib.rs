@@ -20,7 +20,7 @@
 //! | [`retention`] | published messages kept for [`PgConfig::retention`]: [`purge_published`](PgOutbox::purge_published) |
 //! | [`inbox`] | [`PgInbox`], [`InboxConfig`]: exactly-once processing on the consumer side, [`process`](PgInbox::process) and [`handle`](PgInbox::handle) |
 //! | [`status`] | [`OutboxStatus`], [`LeaderSession`]: [`status`](PgOutbox::status), [`leader`](PgOutbox::leader), [`schema_version`](PgOutbox::schema_version) |
-//! | [`wal`] | [`EnqueueMode::WalMessage`]: [`emit`](PgOutbox::emit) a message as a WAL record, which the leading store moves into the table through a logical replication slot |
+//! | [`wal`] | [`EnqueueMode::WalMessage`]: [`emit`](PgOutbox::emit) a message as a WAL record, which the leading store moves into the table through a logical replication slot; [`WalSlotStatus`] |
 //! | [`error`] | [`Error`], classified transient or permanent |
 //!
 //! Everything lives in one schema (default `outbox`): `messages`, `dead_letters`, `published`
@@ -124,6 +124,7 @@ pub use outbox::PgOutbox;
 pub use retention::DEFAULT_PURGE_BATCH;
 pub use status::{LeaderSession, OutboxStatus};
 pub use store::PgStore;
+pub use wal::WalSlotStatus;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -152,6 +152,15 @@ pub(crate) const WAL_LEVEL: &str = "SELECT current_setting('wal_level')";
 pub(crate) const WAL_SLOT: &str = "\
 SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'";
 
+/// The slot named $1: whether a stream reads it, and how much WAL it holds back, in bytes: not
+/// yet confirmed by the ingest, and kept for it.
+pub(crate) const WAL_SLOT_STATUS: &str = "\
+SELECT active,
+       coalesce(pg_current_wal_lsn() - confirmed_flush_lsn, 0)::bigint AS unconfirmed_bytes,
+       coalesce(pg_current_wal_lsn() - restart_lsn, 0)::bigint AS retained_bytes,
+       wal_status
+FROM pg_replication_slots WHERE slot_name = $1";
+
 pub(crate) const CREATE_WAL_SLOT: &str =
     "SELECT pg_create_logical_replication_slot($1, 'pgoutput')";
 

@@ -49,7 +49,7 @@ use bytes::Bytes;
 use outbox_core::{Message, Schedule};
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::outbox::Plan;
+use crate::outbox::{Plan, column};
 use crate::sql;
 use crate::{EnqueueMode, Error, Executor, PgOutbox};
 
@@ -295,6 +295,54 @@ impl PgOutbox {
             .await
             .map_err(Error::query("drop the publication"))?;
         Ok(())
+    }
+}
+
+/// The outbox's replication slot, as `pg_replication_slots` shows it: what an operator watches
+/// in [`EnqueueMode::WalMessage`], since the slot keeps WAL on the server until the relay
+/// confirms it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalSlotStatus {
+    /// The slot's name ([`PgConfig::wal_slot`](crate::PgConfig::wal_slot)).
+    pub name: String,
+    /// Whether a stream reads the slot now: a leading relay's ingest.
+    pub active: bool,
+    /// WAL written since the position the ingest last confirmed, in bytes: an upper bound of
+    /// what emitted messages still wait in (most of it is usually other tables' changes).
+    pub unconfirmed_bytes: u64,
+    /// WAL the server keeps for the slot, in bytes: what it costs the server's disk.
+    pub retained_bytes: u64,
+    /// PostgreSQL's `wal_status` of the slot: `reserved`, `extended`, `unreserved`, or `lost`
+    /// (WAL the slot needed was removed, through `max_slot_wal_keep_size`: the messages in it
+    /// are lost and the slot must be recreated).
+    pub wal_status: Option<String>,
+}
+
+impl PgOutbox {
+    /// The outbox's replication slot, or `None` if it does not exist (an outbox in the insert
+    /// mode, or not migrated yet). One statement on `client`.
+    pub async fn wal_slot_status<C: Executor + ?Sized>(
+        &self,
+        client: &C,
+    ) -> Result<Option<WalSlotStatus>, Error> {
+        const OP: &str = "read the replication slot";
+        let name = self.config().wal_slot();
+        let rows = client
+            .query_typed(sql::WAL_SLOT_STATUS, &[(&name, Type::TEXT)])
+            .await
+            .map_err(Error::query(OP))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let bytes = |name| column::<i64>(row, name, OP).map(|n| u64::try_from(n).unwrap_or(0));
+        Ok(Some(WalSlotStatus {
+            active: column(row, "active", OP)?,
+            unconfirmed_bytes: bytes("unconfirmed_bytes")?,
+            retained_bytes: bytes("retained_bytes")?,
+            wal_status: column(row, "wal_status", OP)?,
+            name,
+        }))
     }
 }
 

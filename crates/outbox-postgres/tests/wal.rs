@@ -234,6 +234,24 @@ async fn emitted_messages_reach_jetstream_once_in_commit_order_and_rolled_back_o
     let recorded: tokio_postgres::types::PgLsn =
         s.scalar("SELECT lsn FROM outbox.wal_progress").await;
     assert!(u64::from(recorded) > 0, "the ingest recorded its progress");
+    let slot = s
+        .outbox
+        .wal_slot_status(&s.client)
+        .await
+        .expect("slot status")
+        .expect("the slot exists");
+    assert_eq!(slot.name, "outbox_outbox");
+    assert_eq!(slot.wal_status.as_deref(), Some("reserved"));
+    assert!(slot.retained_bytes >= slot.unconfirmed_bytes, "{slot:?}");
+
+    // Retired: the slot and its publication go, and the server keeps no WAL for them.
+    s.outbox
+        .drop_wal_slot(&s.client)
+        .await
+        .expect("drop the slot");
+    assert_eq!(s.outbox.wal_slot_status(&s.client).await.unwrap(), None);
+    let publications: i64 = s.scalar("SELECT count(*) FROM pg_publication").await;
+    assert_eq!(publications, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
