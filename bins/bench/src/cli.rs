@@ -33,7 +33,8 @@ pub(crate) enum Scenario {
     Raw,
     /// Commit-to-ack and commit-to-receive latency at steady producer rates.
     Latency,
-    /// Producer transactions/s with and without the outbox enqueue, and with NOTIFY.
+    /// Producer transactions/s with and without the outbox enqueue, with NOTIFY, and with the
+    /// WAL enqueue (on a server with `wal_level = logical`).
     Produce,
     /// Peak RSS of a relay process draining a large outbox.
     Memory,

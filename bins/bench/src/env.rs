@@ -1,12 +1,12 @@
 //! The servers under test, and the fresh schema and stream each scenario runs in.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use outbox_nats::{StreamSpec, ensure_stream};
-use outbox_postgres::{PgConfig, PgConnectOptions, PgOutbox, WakeUp};
+use outbox_postgres::{EnqueueMode, PgConfig, PgConnectOptions, PgOutbox, WakeUp};
 use serde::Serialize;
 
 use crate::cli::Servers;
@@ -73,9 +73,18 @@ impl Env {
     /// `pg_checkpoint`, and the server on this host for `sync` to reach its files; returns what
     /// happened, for the record.
     pub(crate) async fn settle(&self) -> String {
+        self.settle_servers(&[&self.pg]).await
+    }
+
+    /// [`settle`](Env::settle) with a `CHECKPOINT` on each of `servers` (the scenario's, and
+    /// another one a scenario keeps running beside it, whose checkpointer would otherwise write
+    /// during the next run).
+    pub(crate) async fn settle_servers(&self, servers: &[&PgConnectOptions]) -> String {
         let checkpoint = async {
-            let client = self.pg_client().await?;
-            client.batch_execute("CHECKPOINT").await?;
+            for server in servers {
+                let client = pg_client(server).await?;
+                client.batch_execute("CHECKPOINT").await?;
+            }
             anyhow::Ok(())
         }
         .await;
@@ -99,16 +108,40 @@ impl Env {
     /// A fresh outbox schema (migrated, with an `orders` table for producers) and a fresh
     /// JetStream stream capturing its subject.
     pub(crate) async fn fixture(&self, label: &str, wake_up: WakeUp) -> anyhow::Result<Fixture> {
+        self.fixture_on(&self.pg, label, wake_up, EnqueueMode::Insert)
+            .await
+    }
+
+    /// [`fixture`](Env::fixture) on the server `pg` connects to, enqueueing as `mode` says (with
+    /// [`EnqueueMode::WalMessage`], the migration also creates the outbox's replication slot and
+    /// publication, which [`Fixture::cleanup`] drops).
+    pub(crate) async fn fixture_on(
+        &self,
+        pg: &PgConnectOptions,
+        label: &str,
+        wake_up: WakeUp,
+        mode: EnqueueMode,
+    ) -> anyhow::Result<Fixture> {
         let index = self.next_fixture.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}_{index}_{label}", self.run_id);
         let schema = format!("bench_{tag}");
         let config = PgConfig::builder()
             .schema(schema.as_str())
             .wake_up(wake_up)
+            .enqueue_mode(mode)
             .build()?;
         let outbox = PgOutbox::new(config)?;
-        let admin = self.pg_client().await?;
-        outbox.migrate(&admin).await?;
+        let admin = pg_client(pg).await?;
+        if let Err(error) = outbox.migrate(&admin).await {
+            // The tables may exist by now (the WAL mode sets up its slot after them).
+            if mode == EnqueueMode::WalMessage {
+                let _ = outbox.drop_wal_slot(&admin).await;
+            }
+            let _ = admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await;
+            return Err(error.into());
+        }
         admin
             .batch_execute(&format!(
                 "CREATE TABLE \"{schema}\".orders (
@@ -127,6 +160,7 @@ impl Env {
             stream,
             subject,
             outbox,
+            pg: pg.clone(),
             admin,
             js,
         })
@@ -140,6 +174,8 @@ pub(crate) struct Fixture {
     pub(crate) stream: String,
     pub(crate) subject: String,
     pub(crate) outbox: PgOutbox,
+    /// The server the schema is on.
+    pub(crate) pg: PgConnectOptions,
     /// A connection for set-up and checks, never timed.
     pub(crate) admin: tokio_postgres::Client,
     pub(crate) js: jetstream::Context,
@@ -164,14 +200,56 @@ impl Fixture {
         Ok(stream.info().await?.state.messages)
     }
 
-    /// Drops the schema and deletes the stream; failures are reported, not fatal.
+    /// Whether the outbox enqueues through the WAL (and so has a replication slot).
+    pub(crate) fn wal(&self) -> bool {
+        self.outbox.config().enqueue_mode == EnqueueMode::WalMessage
+    }
+
+    /// Drops the slot (if the outbox has one), the schema, and deletes the stream; failures are
+    /// reported, not fatal.
     pub(crate) async fn cleanup(self) {
+        if self.wal() {
+            self.drop_wal_slot().await;
+        }
         let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
         if let Err(error) = self.admin.batch_execute(&drop).await {
             tracing::warn!(%error, schema = %self.schema, "could not drop the bench schema");
         }
         if let Err(error) = self.js.delete_stream(&self.stream).await {
             tracing::warn!(%error, stream = %self.stream, "could not delete the bench stream");
+        }
+    }
+
+    /// Drops the outbox's replication slot and publication, or the server keeps WAL for it
+    /// forever. The walsender of a relay just stopped may hold the slot for a moment: retried
+    /// for a few seconds, then that walsender is ended.
+    async fn drop_wal_slot(&self) {
+        let slot = self.outbox.config().wal_slot();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut terminated = false;
+        loop {
+            let error = match self.outbox.drop_wal_slot(&self.admin).await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            if Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            if terminated {
+                tracing::warn!(%error, %slot, "could not drop the bench's replication slot: drop it by hand, or the server keeps WAL for it");
+                return;
+            }
+            terminated = true;
+            let _ = self
+                .admin
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&slot],
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

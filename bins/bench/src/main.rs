@@ -17,7 +17,7 @@
 //! | `drain` | N preloaded messages (default 200,000, 1,000 keys, 256-byte payloads) published to JetStream and deleted by one relay (`PgStore` + `PgElector` + `JetStreamPublisher`): messages/s, and where the relay's time went |
 //! | `raw` | the same drain by the simplest correct loop on tokio-postgres and async-nats: messages/s and `drain / raw` |
 //! | `latency` | producers commit at 1,000/s and 5,000/s for 20 s while the relay runs (poll and listen wake-ups): commit → ack and commit → consumer, p50/p99/p99.9/max |
-//! | `produce` | 16 producers committing single-order transactions: tx/s without the outbox, with it, with NOTIFY, and with the relay running |
+//! | `produce` | 16 producers committing single-order transactions: tx/s without the outbox, with it, with NOTIFY, and with the relay running; then on a server with `wal_level = logical` (`DATABASE_URL`'s, else a temporary cluster; skipped without server binaries) without the outbox, with it, and with the WAL enqueue (`EnqueueMode::WalMessage`) alone, in one statement with the insert, and with the relay running |
 //! | `memory` | peak RSS of a relay process (a child of the bench) draining 1,000,000 messages |
 //! | `sweep` | `drain` over batch sizes × ack windows (only when asked for) |
 //! | `hygiene` | 1,000,000 messages through the relay at a steady 5,000/s, with the server's autovacuum settings and with the migration's: dead tuples, table and index size, autovacuum runs, one line per variant (only when asked for) |
@@ -38,6 +38,7 @@ mod progress;
 mod report;
 mod scenario;
 mod verify;
+mod wal_server;
 mod workload;
 
 use std::process::ExitCode;

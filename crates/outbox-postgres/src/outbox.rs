@@ -123,7 +123,17 @@ impl PgOutbox {
     /// `<schema>.schema_migrations` and applied once. On error the transaction is rolled back
     /// and nothing is applied. `client` must not be inside a transaction; with a
     /// `deadpool-postgres` client, pass `&**client`.
+    ///
+    /// With [`EnqueueMode::WalMessage`], first checks that the server runs with
+    /// `wal_level = logical` (failing with [`Error::Config`] before anything is applied), and
+    /// after the migrations creates the outbox's publication and replication slot if they do not
+    /// exist (see the [`wal`](crate::wal) module). Creating a slot waits for the transactions
+    /// running at that moment to end.
     pub async fn migrate(&self, client: &tokio_postgres::Client) -> Result<Vec<i32>, Error> {
+        let wal = self.config().enqueue_mode == EnqueueMode::WalMessage;
+        if wal {
+            self.check_wal_level(client).await?;
+        }
         client
             .batch_execute(sql::BEGIN)
             .await
@@ -134,7 +144,7 @@ impl PgOutbox {
                     .batch_execute(sql::COMMIT)
                     .await
                     .map_err(Error::query("commit migration"))?;
-                if self.config().enqueue_mode == EnqueueMode::WalMessage {
+                if wal {
                     self.set_up_wal(client).await?;
                 }
                 Ok(applied)

@@ -203,10 +203,12 @@ impl PgOutbox {
         }
     }
 
-    /// Checks `wal_level` and creates the outbox's publication and replication slot if they do
-    /// not exist yet. Runs outside any transaction: PostgreSQL creates a logical slot only in a
-    /// transaction that has written nothing, after waiting for the transactions running then.
-    pub(crate) async fn set_up_wal(&self, client: &tokio_postgres::Client) -> Result<(), Error> {
+    /// Fails with [`Error::Config`] unless the server runs with `wal_level = logical`: checked
+    /// before the migrations, so that a server that cannot serve the mode is left untouched.
+    pub(crate) async fn check_wal_level(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), Error> {
         let level: String = client
             .query_one(sql::WAL_LEVEL, &[])
             .await
@@ -220,6 +222,13 @@ impl PgOutbox {
                  logical) and restart the server"
             )));
         }
+        Ok(())
+    }
+
+    /// Creates the outbox's publication and replication slot if they do not exist yet. Runs
+    /// outside any transaction: PostgreSQL creates a logical slot only in a transaction that has
+    /// written nothing, after waiting for the transactions running then.
+    pub(crate) async fn set_up_wal(&self, client: &tokio_postgres::Client) -> Result<(), Error> {
         let name = self.config().wal_slot();
         let publication = client
             .query_opt(sql::WAL_PUBLICATION, &[&name])

@@ -348,6 +348,14 @@ async fn wal_mode_refuses_what_would_lose_or_reorder_messages() {
         let error = migrated.expect_err("migrate on a server without logical WAL");
         assert!(matches!(error, Error::Config(_)), "{error}");
         assert!(error.to_string().contains("wal_level = logical"), "{error}");
+        // Refused before anything was applied.
+        let version = wal.schema_version(&client).await.expect("schema version");
+        assert_eq!(version, None, "the refused migration applied something");
+        PgOutbox::new(PgConfig::builder().schema(db.schema()).build().unwrap())
+            .unwrap()
+            .migrate(&client)
+            .await
+            .expect("migrate in the insert mode");
     }
 
     // Without the slot, no connection may start emitting.
