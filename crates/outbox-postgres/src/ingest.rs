@@ -67,26 +67,14 @@ impl Source {
         let database = db.get_dbname().unwrap_or(&user).to_owned();
         let port = db.get_ports().first().copied().unwrap_or(5432);
         let slot = config.wal_slot();
-        let mut stream = match db.get_hosts().first() {
-            Some(Host::Unix(dir)) => ReplicationConfig::unix(
-                dir.to_string_lossy(),
-                port,
-                user,
-                password,
-                database,
-                slot.clone(),
-                slot,
-            ),
-            Some(Host::Tcp(host)) => {
-                ReplicationConfig::new(host.clone(), user, password, database, slot.clone(), slot)
-                    .with_port(port)
-            }
-            None => {
-                ReplicationConfig::new("localhost", user, password, database, slot.clone(), slot)
-                    .with_port(port)
-            }
+        // A host starting with `/` is a socket directory, for this client as for libpq.
+        let host = match db.get_hosts().first() {
+            Some(Host::Unix(dir)) => dir.to_string_lossy().into_owned(),
+            Some(Host::Tcp(host)) => host.clone(),
+            None => "localhost".to_owned(),
         };
-        stream = stream
+        let stream = ReplicationConfig::new(host, user, password, database, slot.clone(), slot)
+            .with_port(port)
             .with_application_name(name)
             .with_status_interval(Duration::from_secs(1))
             .with_wakeup_interval(Duration::from_secs(5))
@@ -237,71 +225,69 @@ async fn ingest(source: &Source, inserted: &Notify) -> Result<Infallible, Error>
     let mut open: Option<(SystemTime, Vec<Message>)> = None;
     let mut pending = Pending::default();
     loop {
+        // Wait for the stream while nothing is pending; with messages pending, take only what
+        // it has right now, and insert once it has nothing more or the batch is full.
         let event = if pending.messages.is_empty() {
-            stream.recv().await
-        } else if let Some(event) = stream.recv().now_or_never() {
-            event
+            Some(stream.recv().await)
         } else {
-            // The stream has nothing more right now: insert what it gave.
-            done = flush(&mut db, &insert, &lock, &set, &mut pending).await?;
-            stream.update_applied_lsn(Lsn::from_u64(done));
-            inserted.notify_one();
-            continue;
+            stream.recv().now_or_never()
         };
-        let event = event
-            .map_err(|e| Error::Replication(e.to_string()))?
-            .ok_or_else(|| Error::Replication("the server ended the stream".into()))?;
-        match event {
-            ReplicationEvent::Begin {
-                commit_time_micros, ..
-            } => open = Some((from_pg_micros(commit_time_micros), Vec::new())),
-            ReplicationEvent::Message {
-                transactional: true,
-                prefix: ref emitted,
-                ref content,
-                ..
-            } if emitted == prefix => {
-                let (commit, messages) = open.as_mut().ok_or_else(|| {
-                    Error::Protocol("a wal message outside of a transaction".into())
-                })?;
-                messages.extend(wal::decode(content, *commit)?);
-            }
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                let messages = open.take().map(|(_, messages)| messages);
-                let end = end_lsn.as_u64();
-                if end <= done {
-                    // Read again after a reconnect: already in the table.
-                    continue;
+        if let Some(event) = event {
+            let event = event
+                .map_err(|e| Error::Replication(e.to_string()))?
+                .ok_or_else(|| Error::Replication("the server ended the stream".into()))?;
+            match event {
+                ReplicationEvent::Begin {
+                    commit_time_micros, ..
+                } => open = Some((from_pg_micros(commit_time_micros), Vec::new())),
+                ReplicationEvent::Message {
+                    transactional: true,
+                    prefix: ref emitted,
+                    ref content,
+                    ..
+                } if emitted == prefix => {
+                    let (commit, messages) = open.as_mut().ok_or_else(|| {
+                        Error::Protocol("a wal message outside of a transaction".into())
+                    })?;
+                    messages.extend(wal::decode(content, *commit)?);
                 }
-                match messages {
-                    Some(messages) if !messages.is_empty() => {
-                        pending.messages.extend(messages);
-                        pending.transactions.push((end, pending.messages.len()));
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    let messages = open.take().map(|(_, messages)| messages);
+                    let end = end_lsn.as_u64();
+                    match messages {
+                        // Read again after a reconnect: already in the table.
+                        _ if end <= done => {}
+                        Some(messages) if !messages.is_empty() => {
+                            pending.messages.extend(messages);
+                            pending.transactions.push((end, pending.messages.len()));
+                        }
+                        // Nothing of ours: confirmable as soon as nothing pending is before it.
+                        _ if pending.messages.is_empty() => {
+                            done = end;
+                            stream.update_applied_lsn(end_lsn);
+                        }
+                        _ => pending.transactions.push((end, pending.messages.len())),
                     }
-                    // Nothing of ours: confirmable as soon as nothing pending is before it.
-                    _ if pending.messages.is_empty() => {
-                        done = end;
-                        stream.update_applied_lsn(end_lsn);
-                    }
-                    _ => pending.transactions.push((end, pending.messages.len())),
                 }
-                if pending.messages.len() >= BATCH {
-                    done = flush(&mut db, &insert, &lock, &set, &mut pending).await?;
-                    stream.update_applied_lsn(Lsn::from_u64(done));
-                    inserted.notify_one();
+                // The server has sent everything up to `wal_end`. With nothing pending or open,
+                // all of it is handled, including records after the last commit (vacuum,
+                // checkpoints): confirming them lets the server recycle that WAL on an idle
+                // outbox too.
+                ReplicationEvent::KeepAlive { wal_end, .. }
+                    if open.is_none() && pending.messages.is_empty() && wal_end.as_u64() > done =>
+                {
+                    done = wal_end.as_u64();
+                    stream.update_applied_lsn(wal_end);
                 }
+                _ => {}
             }
-            // The server has sent everything up to `wal_end`. With nothing pending or open, all
-            // of it is handled, including records after the last commit (vacuum, checkpoints):
-            // confirming them lets the server recycle that WAL on an idle outbox too.
-            ReplicationEvent::KeepAlive { wal_end, .. }
-                if open.is_none() && pending.messages.is_empty() && wal_end.as_u64() > done =>
-            {
-                done = wal_end.as_u64();
-                stream.update_applied_lsn(wal_end);
+            if pending.messages.len() < BATCH {
+                continue;
             }
-            _ => {}
         }
+        done = flush(&mut db, &insert, &lock, &set, &mut pending).await?;
+        stream.update_applied_lsn(Lsn::from_u64(done));
+        inserted.notify_one();
     }
 }
 

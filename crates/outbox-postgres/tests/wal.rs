@@ -77,8 +77,19 @@ impl Fixture {
         db
     }
 
-    fn relay(&self) -> RelayTask {
-        let store = PgStore::new(&self.outbox, self.db());
+    /// The cluster over its Unix socket, as the superuser.
+    fn socket_db(&self) -> tokio_postgres::Config {
+        let mut db = tokio_postgres::Config::new();
+        db.host_path(self.cluster.socket_dir())
+            .port(self.cluster.port())
+            .user("postgres")
+            .dbname("postgres");
+        db
+    }
+
+    /// A relay whose store connects with `db`, its replication stream included.
+    fn relay(&self, db: tokio_postgres::Config) -> RelayTask {
+        let store = PgStore::new(&self.outbox, db);
         let elector = store.elector();
         RelayTask::start(
             store,
@@ -210,7 +221,8 @@ async fn emitted_messages_reach_jetstream_once_in_commit_order_and_rolled_back_o
     tx.commit().await.unwrap();
     let committed_at: std::time::SystemTime = s.scalar("SELECT now()").await;
 
-    let relay = s.relay();
+    // Over the socket here, over TCP in the next test.
+    let relay = s.relay(s.socket_db());
     let got = s.nats.wait_for_stream(sent.len(), WAIT).await;
     s.until_slot_caught_up().await;
     relay.stop().await;
@@ -266,7 +278,7 @@ async fn an_ingest_cut_off_again_and_again_inserts_every_message_once() {
     else {
         return;
     };
-    let relay = s.relay();
+    let relay = s.relay(s.db());
     let schema = s.outbox.config().schema.clone();
     let killer_db = s.db();
     let killing = tokio::spawn(async move {
