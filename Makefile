@@ -49,8 +49,14 @@ run-subscriber: ## print and check what arrives on the ORDERS stream
 demo: ## end to end: leader, 5000 orders from a replica, subscriber checks them all
 	bash scripts/demo.sh
 
+# The bench reaches PostgreSQL without TLS unless DATABASE_URL names an sslmode: on one machine
+# TLS only encrypts a local socket (Debian's server offers it, and `prefer` takes it), and its
+# CPU would be missing from the servers and the relay the figures are about. The JSON records
+# the connection used (versions.postgres_connection).
+BENCH_DATABASE_URL ?= $(if $(findstring sslmode=,$(DATABASE_URL)),$(DATABASE_URL),$(DATABASE_URL)$(if $(findstring ?,$(DATABASE_URL)),&,?)sslmode=disable)
+
 bench: ## benchmark scenarios as JSON lines, also appended to target/bench/results.jsonl (ARGS=--quick: under a minute)
-	cargo run --release -p outbox-bench -- $(or $(ARGS),--repeat 5)
+	DATABASE_URL='$(BENCH_DATABASE_URL)' cargo run --release -p outbox-bench -- $(or $(ARGS),--repeat 5)
 
 fmt: ## format the workspace
 	cargo fmt --all

@@ -17,6 +17,9 @@ pub(crate) struct Versions {
     pub(crate) outbox: &'static str,
     pub(crate) rustc: &'static str,
     pub(crate) postgres: String,
+    /// How the bench reaches PostgreSQL: TCP or a Unix socket, with or without TLS. On one
+    /// machine TLS only encrypts a local socket, yet costs both ends CPU the figures then miss.
+    pub(crate) postgres_connection: String,
     pub(crate) nats: String,
 }
 
@@ -42,6 +45,7 @@ impl Env {
             .context("connecting to PostgreSQL (is it running? see `make services`)")?;
         let row = client.query_one("SHOW server_version", &[]).await?;
         let postgres: String = row.try_get(0)?;
+        let postgres_connection = connection(&client).await?;
         let nats = nats_client(&servers.nats_url)
             .await
             .context("connecting to NATS (is it running with JetStream? see `make services`)")?;
@@ -49,6 +53,7 @@ impl Env {
             outbox: env!("CARGO_PKG_VERSION"),
             rustc: env!("BENCH_RUSTC_VERSION"),
             postgres,
+            postgres_connection,
             nats: nats.server_info().version,
         };
         let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -252,6 +257,29 @@ impl Fixture {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// How `client` is connected, e.g. "TCP, TLSv1.3" or "Unix socket, no TLS".
+async fn connection(client: &tokio_postgres::Client) -> anyhow::Result<String> {
+    let row = client
+        .query_one(
+            "SELECT inet_server_addr() IS NULL AS socket, s.ssl, s.version \
+             FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let transport = if row.try_get("socket")? {
+        "Unix socket"
+    } else {
+        "TCP"
+    };
+    let tls: bool = row.try_get("ssl")?;
+    let version: Option<String> = row.try_get("version")?;
+    Ok(match (tls, version) {
+        (true, Some(version)) => format!("{transport}, {version}"),
+        (true, None) => format!("{transport}, TLS"),
+        (false, _) => format!("{transport}, no TLS"),
+    })
 }
 
 pub(crate) async fn pg_client(

@@ -10,7 +10,8 @@
 //!
 //! Benchmarks the outbox against the real PostgreSQL and NATS JetStream at `DATABASE_URL` and
 //! `NATS_URL` (or `--database-url`, `--nats-url`), each scenario in a fresh schema and stream,
-//! dropped afterwards:
+//! dropped afterwards. The URL is used as given (`make bench` adds `sslmode=disable` when it names
+//! no sslmode: on one host TLS only encrypts a local socket); each line records the connection.
 //!
 //! | scenario | what it measures |
 //! |---|---|

@@ -27,9 +27,9 @@ use crate::verify::{Checker, Seen, Violations};
 use crate::workload::Generator;
 
 /// Producers (connections) that share the rate, whatever it is. With pipelined, prepared
-/// transactions 16 keep up with 5,000/s here; more only add backends competing for the same
-/// cores (measured at 5,000/s: p99 commit-to-ack 15 ms with 16 producers, 24 ms with 32, 28 ms
-/// with 50).
+/// transactions 16 keep up with 5,000/s here and 8 do not (4,730-4,800/s: each waits for its
+/// commit's flush); more only add backends competing for the same cores (measured at 5,000/s:
+/// p99 commit-to-ack 15 ms with 16 producers, 24 ms with 32, 28 ms with 50).
 const PRODUCERS: u32 = 16;
 /// How long the relay and the consumer may take to catch up once producers stop.
 const CATCH_UP: Duration = Duration::from_secs(30);
@@ -84,7 +84,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Outcome> {
             "key_order": super::key_order_name(config.key_order),
             "poll_interval_ms": config.poll_interval.as_secs_f64() * 1e3,
             "transaction": "BEGIN; INSERT order (prepared) [pipelined with the enqueue of one message, prepared once per producer connection (Enqueuer)]; COMMIT",
-            "consumer": "JetStream pull consumer, no acks",
+            "consumer": "JetStream push consumer, no acks",
         }),
         figures: Value::Object(figures),
         violations,
@@ -293,16 +293,25 @@ async fn produce(
 }
 
 /// Reads the stream as it fills until stopped; notes each arrival and checks it.
+///
+/// A push consumer: JetStream sends each message as it is stored. A pull consumer costs the
+/// server more per message (pull requests, waiting-request bookkeeping), and on this machine the
+/// server's extra garbage collection showed in the relay's acknowledgements: with the pull
+/// consumer, nats-server's collections ran about once a second and each one held back
+/// acknowledgements for 15-40 ms (matched against its `GODEBUG=gctrace=1` log); p99
+/// commit-to-ack at 5,000/s was 12-25 ms with it, 10-11 ms with no consumer, 13-16 ms with this
+/// one.
 async fn consume(
     js: async_nats::jetstream::Context,
     stream: String,
     stop: CancellationToken,
     received: watch::Sender<u64>,
 ) -> anyhow::Result<(Checker, Vec<(Uuid, Instant)>)> {
-    let consumer: consumer::PullConsumer = js
+    let consumer: consumer::PushConsumer = js
         .get_stream(&stream)
         .await?
-        .create_consumer(consumer::pull::Config {
+        .create_consumer(consumer::push::Config {
+            deliver_subject: js.client().new_inbox(),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(30),
